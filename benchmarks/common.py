@@ -1,0 +1,64 @@
+"""Shared benchmark helpers: compile vs steady-state timing, matmul FLOP/s, JSON-lines records."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+import timeit
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["time_compiled", "matmul_flops_per_s", "xla_flops", "environment", "emit"]
+
+
+def time_compiled(fn: Callable, *args, repeat: int = 5, number: int = 1) -> dict:
+    """Compile ``jax.jit(fn)`` for ``args`` (timed), then time steady-state calls.
+
+    Returns ``compile_s`` (lowering + compilation + first run) and the min / median seconds per call.
+    """
+    jitted = jax.jit(fn)
+    t0 = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(*args))  # warm-up
+    times = timeit.repeat(lambda: jax.block_until_ready(compiled(*args)), repeat=repeat, number=number)
+    times = sorted(t / number for t in times)
+    return {"compile_s": compile_s, "step_s_min": times[0], "step_s_median": times[len(times) // 2],
+            "compiled": compiled}
+
+
+def xla_flops(compiled) -> float | None:
+    """FLOPs of a compiled computation from XLA's cost analysis (None if unavailable)."""
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost.get("flops")) if cost and cost.get("flops") else None
+    except Exception:  # cost analysis is best-effort on some backends
+        return None
+
+
+def matmul_flops_per_s(n: int = 2048, repeat: int = 5) -> float:
+    """Achieved float32 FLOP/s of an n x n x n matmul on the default device (the roofline we compare to)."""
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    b = jax.random.normal(jax.random.key(1), (n, n))
+    r = time_compiled(jnp.matmul, a, b, repeat=repeat)
+    return 2 * n**3 / r["step_s_min"]
+
+
+def environment() -> dict:
+    dev = jax.devices()[0]
+    return {"jax": jax.__version__, "backend": jax.default_backend(), "device_kind": dev.device_kind,
+            "n_devices": jax.device_count(), "python": platform.python_version(),
+            "machine": platform.machine()}
+
+
+def emit(record: dict, path: str | None = None) -> None:
+    """Print one JSON line (and append it to ``path`` if given)."""
+    line = json.dumps({k: v for k, v in record.items() if k != "compiled"})
+    print(line, flush=True)
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")

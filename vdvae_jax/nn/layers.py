@@ -1,0 +1,207 @@
+"""Layers of the DVAE zoo: dense, MLP and recurrent cells as flax linen modules.
+
+Modules are used only through their pure ``init``/``apply``: a model's parameter tree is a nested dict
+``{layer_name: layer_params}`` and the model functions call ``Layer(...).apply({"params": p}, x)``. That
+keeps every model a bundle of pure functions (usable inside ``lax.scan`` bodies) while flax owns the
+parameter creation.
+
+Parameter layout (also the target of :mod:`vdvae_jax.convert`):
+
+* ``Dense``: ``kernel`` (in, out) and ``bias`` (out,); :math:`y = x K + b`.
+* ``LSTMCell``: ``kernel_ih`` (in, 4H), ``kernel_hh`` (H, 4H), ``bias`` (4H,), gate blocks in PyTorch's
+  order (i, f, g, o) along the last axis:
+
+  .. math::
+     [i, f, g, o] = x K_{ih} + h K_{hh} + b, \\quad
+     c' = \\sigma(f) c + \\sigma(i) \\tanh(g), \\quad h' = \\sigma(o) \\tanh(c').
+
+* ``RNNCell`` (vanilla tanh RNN): same keys with H-wide blocks, :math:`h' = \\tanh(x K_{ih} + h K_{hh} + b)`.
+
+Initialisers follow PyTorch's defaults (uniform in :math:`\\pm 1/\\sqrt{\\text{fan}}`), as the reference
+models were trained with them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "ACTIVATIONS",
+    "Dense",
+    "MLP",
+    "LSTMCell",
+    "RNNCell",
+    "torch_uniform",
+    "dense",
+    "mlp",
+    "mlp_out_dim",
+    "lstm_init",
+    "lstm_project",
+    "lstm_step",
+    "lstm_scan",
+    "zero_carry",
+    "rnn_step",
+    "rnn_scan",
+]
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "sigmoid": jax.nn.sigmoid,
+    "identity": lambda x: x,
+}
+
+
+def torch_uniform(fan: int) -> Callable:
+    """Initialiser drawing from U(-1/sqrt(fan), 1/sqrt(fan)) (PyTorch's Linear/LSTM default)."""
+    bound = 1.0 / float(fan) ** 0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class Dense(nn.Module):
+    """Affine layer ``y = x @ kernel + bias`` with PyTorch-style initialisation."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fan_in = x.shape[-1]
+        kernel = self.param("kernel", torch_uniform(fan_in), (fan_in, self.features))
+        bias = self.param("bias", torch_uniform(fan_in), (self.features,))
+        return x @ kernel + bias
+
+
+class MLP(nn.Module):
+    """``linear{n}`` + activation for every width; an empty width tuple is the identity."""
+
+    widths: Sequence[int]
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = ACTIVATIONS[self.activation]
+        for n, width in enumerate(self.widths):
+            x = act(Dense(width, name=f"linear{n}")(x))
+        return x
+
+
+class LSTMCell(nn.Module):
+    """Parameters of one LSTM direction; ``__call__(carry, x) -> (carry, h)`` runs a single step."""
+
+    hidden: int
+
+    @nn.compact
+    def __call__(self, carry, x):
+        h = self.hidden
+        k_ih = self.param("kernel_ih", torch_uniform(h), (x.shape[-1], 4 * h))
+        k_hh = self.param("kernel_hh", torch_uniform(h), (h, 4 * h))
+        bias = self.param("bias", _summed_bias_init(h), (4 * h,))
+        return lstm_step({"kernel_hh": k_hh}, carry, x @ k_ih + bias)
+
+
+class RNNCell(nn.Module):
+    """Vanilla tanh RNN direction (DSAE encoder); ``__call__(h, x) -> (h, h)``."""
+
+    hidden: int
+
+    @nn.compact
+    def __call__(self, h, x):
+        k_ih = self.param("kernel_ih", torch_uniform(self.hidden), (x.shape[-1], self.hidden))
+        k_hh = self.param("kernel_hh", torch_uniform(self.hidden), (self.hidden, self.hidden))
+        bias = self.param("bias", _summed_bias_init(self.hidden), (self.hidden,))
+        return rnn_step({"kernel_hh": k_hh}, h, x @ k_ih + bias)
+
+
+def _summed_bias_init(hidden: int) -> Callable:
+    """PyTorch has two biases (b_ih + b_hh), each U(+-1/sqrt(H)); we store their sum."""
+    base = torch_uniform(hidden)
+
+    def init(key, shape, dtype=jnp.float32):
+        k1, k2 = jax.random.split(key)
+        return base(k1, shape, dtype) + base(k2, shape, dtype)
+
+    return init
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure helpers: init one layer, apply it, run recurrences as lax.scan.
+
+
+def dense(params, x: jax.Array) -> jax.Array:
+    """Apply a :class:`Dense` parameter dict."""
+    return x @ params["kernel"] + params["bias"]
+
+
+def mlp(params, x: jax.Array, widths: Sequence[int], activation: str = "tanh") -> jax.Array:
+    """Apply an :class:`MLP` parameter dict (identity when ``widths`` is empty)."""
+    act = ACTIVATIONS[activation]
+    for n in range(len(widths)):
+        x = act(dense(params[f"linear{n}"], x))
+    return x
+
+
+def mlp_out_dim(in_dim: int, widths: Sequence[int]) -> int:
+    return widths[-1] if widths else in_dim
+
+
+def lstm_init(key, in_dim: int, hidden: int):
+    """Parameters of one LSTM direction."""
+    carry = (jnp.zeros((hidden,)), jnp.zeros((hidden,)))
+    return LSTMCell(hidden).init(key, carry, jnp.zeros((in_dim,)))["params"]
+
+
+def lstm_project(params, xs: jax.Array) -> jax.Array:
+    """Input half of the gates, ``xs @ kernel_ih + bias``, for a whole sequence at once."""
+    return xs @ params["kernel_ih"] + params["bias"]
+
+
+def lstm_step(params, carry, gates_x: jax.Array):
+    """One LSTM step from precomputed input gates. ``carry = (h, c)``; returns ``((h, c), h)``."""
+    h, c = carry
+    i, f, g, o = jnp.split(gates_x + h @ params["kernel_hh"], 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return (h, c), h
+
+
+def zero_carry(batch_shape: tuple, hidden: int):
+    """Zero LSTM state ``(h, c)`` for the given batch shape."""
+    return jnp.zeros(batch_shape + (hidden,)), jnp.zeros(batch_shape + (hidden,))
+
+
+def lstm_scan(params, xs: jax.Array, *, reverse: bool = False, carry=None) -> jax.Array:
+    """Run one LSTM direction over time-major ``xs`` (T, ..., in); returns hidden states (T, ..., H).
+
+    Axes between time and features are batch axes. The input projection is one matrix product for
+    the whole sequence; the scan only carries the recurrent product. ``reverse=True`` is the
+    anti-causal direction: output ``t`` summarises ``x_{t:T}`` (the reference's flip-run-flip trick),
+    and outputs stay time-aligned.
+    """
+    hidden = params["kernel_hh"].shape[0]
+    if carry is None:
+        carry = zero_carry(xs.shape[1:-1], hidden)
+    gates = lstm_project(params, xs)
+    _, hs = jax.lax.scan(lambda c, g: lstm_step(params, c, g), carry, gates, reverse=reverse)
+    return hs
+
+
+def rnn_step(params, h, gates_x):
+    h = jnp.tanh(gates_x + h @ params["kernel_hh"])
+    return h, h
+
+
+def rnn_scan(params, xs: jax.Array, *, reverse: bool = False) -> jax.Array:
+    """Vanilla tanh RNN over time-major ``xs`` (T, ..., in) -> (T, ..., H)."""
+    hidden = params["kernel_hh"].shape[0]
+    gates = xs @ params["kernel_ih"] + params["bias"]
+    _, hs = jax.lax.scan(lambda h, g: rnn_step(params, h, g), jnp.zeros(xs.shape[1:-1] + (hidden,)), gates,
+                         reverse=reverse)
+    return hs
