@@ -260,11 +260,9 @@ def fit(*, train_step: Callable, eval_step: Callable, state: TrainState, train_d
             use_pred = scheduled_sampling_prob(epoch, config.ss_start, config.ss_end) if use_ss else 0.0
             skip = int(state.step) - epoch * n_batches
             t0, epoch_metrics = time.perf_counter(), []
-            for i, idx in enumerate(batch_iterator(len(train_data), config.batch_size,
-                                                   seed=config.seed, epoch=epoch)):
-                if i < skip:
-                    continue
-                state, m = train_step(state, train_data[idx], key, kl_w, use_pred)
+            for batch in batch_iterator(train_data, config.batch_size, seed=config.seed, epoch=epoch,
+                                        start_batch=skip):
+                state, m = train_step(state, batch, key, kl_w, use_pred)
                 epoch_metrics.append(m)
                 bar.update(1)
                 if ckpt is not None and int(state.step) % config.checkpoint_every == 0:
@@ -272,10 +270,9 @@ def fit(*, train_step: Callable, eval_step: Callable, state: TrainState, train_d
                 if max_steps is not None and int(state.step) >= max_steps:
                     save(force=True)
                     return state, stopper, history
-            val = [eval_step(state.params, val_data[idx], jax.random.fold_in(val_key, epoch), kl_w,
-                             use_pred)
-                   for idx in batch_iterator(len(val_data), min(config.batch_size, len(val_data)),
-                                             seed=config.seed, epoch=0)]
+            val = [eval_step(state.params, batch, jax.random.fold_in(val_key, epoch), kl_w, use_pred)
+                   for batch in batch_iterator(val_data, min(config.batch_size, len(val_data)),
+                                               seed=config.seed, epoch=0)]
             record = {"epoch": epoch, "step": int(state.step), "kl_weight": kl_w, "use_pred": use_pred,
                       "seconds": time.perf_counter() - t0,
                       **{f"train_{k}": v for k, v in _mean_metrics(epoch_metrics).items()},
