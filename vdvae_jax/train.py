@@ -204,6 +204,7 @@ def _mean_metrics(metrics: list[dict]) -> dict:
 def fit(*, train_step: Callable, eval_step: Callable, state: TrainState, train_data: np.ndarray,
         val_data: np.ndarray, config: TrainConfig, key, workdir: str | Path | None = None,
         use_ss: bool = False, progress: bool = True, max_steps: int | None = None,
+        time_budget_s: float | None = None,
         log: Callable[[str], None] = print) -> tuple[TrainState, EarlyStopping, list[dict]]:
     """Train with epochs, warm-up, early stopping, checkpoints and resume.
 
@@ -214,6 +215,7 @@ def fit(*, train_step: Callable, eval_step: Callable, state: TrainState, train_d
       key: run key; step keys are ``fold_in(key, step)``, validation keys ``fold_in(val_key, epoch)``.
       workdir: where ``checkpoints/`` and ``metrics.jsonl`` go; None disables both.
       max_steps: stop after this global step (used to simulate a killed run in tests).
+      time_budget_s: stop after the first epoch that ends past this many seconds of training.
 
     Returns:
       ``(final state, early-stopping record with best_params, per-epoch history)``.
@@ -243,7 +245,7 @@ def fit(*, train_step: Callable, eval_step: Callable, state: TrainState, train_d
         metrics_file = open(workdir / "metrics.jsonl", "a")
 
     def save(force=False):
-        if ckpt is None:
+        if ckpt is None or ckpt.latest_step() == int(state.step):
             return
         best = stopper.best_params if stopper.best_params is not None else state.params
         ckpt.save(int(state.step), {"state": state, "best_params": best}, force=force,
@@ -254,6 +256,7 @@ def fit(*, train_step: Callable, eval_step: Callable, state: TrainState, train_d
     bar = tqdm(total=config.epochs * n_batches, initial=int(state.step), disable=not progress,
                desc="train", unit="step")
     stopped = False
+    t_start = time.perf_counter()
     try:
         for epoch in range(start_epoch, config.epochs):
             kl_w = config.beta * kl_warmup(epoch, config.kl_warmup, config.warmup_epochs)
@@ -289,6 +292,9 @@ def fit(*, train_step: Callable, eval_step: Callable, state: TrainState, train_d
             bar.set_postfix(loss=f"{record['train_loss']:.2f}", val=f"{record['val_loss']:.2f}")
             if stopped:
                 log(f"early stop at epoch {epoch}; best epoch {stopper.best_epoch}")
+                break
+            if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s:
+                log(f"time budget of {time_budget_s:.0f} s reached after epoch {epoch}")
                 break
         save(force=True)
     finally:

@@ -8,9 +8,13 @@ from __future__ import annotations
 import dataclasses
 
 from vdvae_jax.models.base import DVAE, DVAEConfig, LossTerms, Outputs, batch_loss, count_params
+from vdvae_jax.models.dkf import DKFConfig, make_dkf
+from vdvae_jax.models.dsae import DSAEConfig, make_dsae
 from vdvae_jax.models.rvae import RVAEConfig, make_rvae
 from vdvae_jax.models.srnn import SRNNConfig, make_srnn
+from vdvae_jax.models.storn import STORNConfig, make_storn
 from vdvae_jax.models.vae import VAEConfig, make_vae
+from vdvae_jax.models.vrnn import VRNNConfig, make_vrnn
 
 __all__ = [
     "REGISTRY",
@@ -28,6 +32,14 @@ __all__ = [
     "make_vae",
     "make_rvae",
     "make_srnn",
+    "DKFConfig",
+    "STORNConfig",
+    "VRNNConfig",
+    "DSAEConfig",
+    "make_dkf",
+    "make_storn",
+    "make_vrnn",
+    "make_dsae",
 ]
 
 REGISTRY: dict[str, tuple[type, object, dict]] = {
@@ -36,6 +48,10 @@ REGISTRY: dict[str, tuple[type, object, dict]] = {
     "rvae_causal": (RVAEConfig, make_rvae, {"causal": True}),
     "srnn": (SRNNConfig, make_srnn, {"scheduled_sampling": False}),
     "srnn_ss": (SRNNConfig, make_srnn, {"scheduled_sampling": True}),
+    "dkf": (DKFConfig, make_dkf, {}),
+    "storn": (STORNConfig, make_storn, {}),
+    "vrnn": (VRNNConfig, make_vrnn, {}),
+    "dsae": (DSAEConfig, make_dsae, {}),
 }
 
 

@@ -88,9 +88,9 @@ def make_rvae(config: RVAEConfig = RVAEConfig()) -> DVAE:
         params.update(init_decoder_head(next(k), mlp_out_dim(h_dim, c.dense_h_x), c))
         return params
 
-    def encode_full(params, x, noise):
+    def encode_full(params, x, noise, mask=None):
         a = mlp(params.get("mlp_x_gx"), x, c.dense_x_gx, c.activation)
-        g_x = jnp.concatenate([lstm_scan(params["rnn_g_x"][d], a, reverse=(d == "backward"))
+        g_x = jnp.concatenate([lstm_scan(params["rnn_g_x"][d], a, reverse=(d == "backward"), mask=mask)
                                for d in enc_dirs], axis=-1)
         p_gz = params["rnn_g_z"]["forward"]
         batch = x.shape[1:-1]
@@ -113,9 +113,9 @@ def make_rvae(config: RVAEConfig = RVAEConfig()) -> DVAE:
         z, q, _ = encode_full(params, x, noise)
         return z, q
 
-    def decode_full(params, z):
+    def decode_full(params, z, mask=None):
         b = mlp(params.get("mlp_z_h"), z, c.dense_z_h, c.activation)
-        h = jnp.concatenate([lstm_scan(params["rnn_h"][d], b, reverse=(d == "backward"))
+        h = jnp.concatenate([lstm_scan(params["rnn_h"][d], b, reverse=(d == "backward"), mask=mask)
                              for d in dec_dirs], axis=-1)
         out = decoder_head(params, mlp(params.get("mlp_h_x"), h, c.dense_h_x, c.activation), c)
         return out, h
@@ -126,9 +126,10 @@ def make_rvae(config: RVAEConfig = RVAEConfig()) -> DVAE:
     def prior(params, z, x=None):
         return standard_normal_like(z)
 
-    def forward(params, x, noise):
-        z, q, extras = encode_full(params, x, noise)
-        x_out, h = decode_full(params, z)
+    def forward(params, x, noise, *, mask=None):
+        """Full pass; ``mask`` (T, [B]) marks valid frames of end-padded sequences."""
+        z, q, extras = encode_full(params, x, noise, mask)
+        x_out, h = decode_full(params, z, mask)
         return Outputs(z, q, prior(params, z), x_out, {**extras, "rnn_h": h})
 
     return DVAE("rvae_causal" if c.causal else "rvae", c, init, forward, encode, decode, prior)

@@ -94,9 +94,9 @@ def make_srnn(config: SRNNConfig = SRNNConfig()) -> DVAE:
         x_prev = jnp.concatenate([jnp.zeros_like(x[:1]), x[:-1]], axis=0)
         return lstm_scan(params["rnn_h"]["forward"], mlp(params.get("mlp_x_h"), x_prev, c.dense_x_h, act))
 
-    def encode_from_h(params, x, h, noise):
+    def encode_from_h(params, x, h, noise, mask=None):
         a = mlp(params.get("mlp_hx_g"), jnp.concatenate([h, x], axis=-1), c.dense_hx_g, act)
-        g = lstm_scan(params["rnn_g"]["backward"], a, reverse=True)
+        g = lstm_scan(params["rnn_g"]["backward"], a, reverse=True, mask=mask)
 
         def step(z_prev, inputs):
             g_t, noise_t = inputs
@@ -151,10 +151,11 @@ def make_srnn(config: SRNNConfig = SRNNConfig()) -> DVAE:
     def prior(params, z, x):
         return prior_from_h(params, z, h_teacher_forced(params, x))
 
-    def forward(params, x, noise, *, use_pred=0.0):
-        """One pass; ``use_pred`` (scheduled sampling only) is the probability of the generated h."""
+    def forward(params, x, noise, *, use_pred=0.0, mask=None):
+        """One pass; ``use_pred`` (scheduled sampling only) is the probability of the generated h;
+        ``mask`` (T, [B]) marks valid frames of end-padded sequences."""
         h_tf = h_teacher_forced(params, x)
-        z, q, g = encode_from_h(params, x, h_tf, noise)
+        z, q, g = encode_from_h(params, x, h_tf, noise, mask)
         extras = {"h_inf": h_tf, "rnn_g": g}
         if not c.scheduled_sampling:
             return Outputs(z, q, prior_from_h(params, z, h_tf), decode_from_h(params, z, h_tf), extras)

@@ -64,7 +64,8 @@ def make_vae(config: VAEConfig = VAEConfig()) -> DVAE:
     def prior(params, z, x=None):
         return standard_normal_like(z)
 
-    def forward(params, x, noise):
+    def forward(params, x, noise, *, mask=None):
+        del mask  # frame-wise: padding never reaches valid frames
         z, q = encode(params, x, noise)
         return Outputs(z, q, prior(params, z), decode(params, z), {})
 

@@ -177,19 +177,32 @@ def zero_carry(batch_shape: tuple, hidden: int):
     return jnp.zeros(batch_shape + (hidden,)), jnp.zeros(batch_shape + (hidden,))
 
 
-def lstm_scan(params, xs: jax.Array, *, reverse: bool = False, carry=None) -> jax.Array:
+def lstm_scan(params, xs: jax.Array, *, reverse: bool = False, carry=None, mask=None) -> jax.Array:
     """Run one LSTM direction over time-major ``xs`` (T, ..., in); returns hidden states (T, ..., H).
 
     Axes between time and features are batch axes. The input projection is one matrix product for
     the whole sequence; the scan only carries the recurrent product. ``reverse=True`` is the
     anti-causal direction: output ``t`` summarises ``x_{t:T}`` (the reference's flip-run-flip trick),
     and outputs stay time-aligned.
+
+    ``mask`` (T, ...) marks valid frames: on masked frames the state passes through unchanged, so
+    padding at the end of a sequence does not reach the valid frames of an anti-causal scan.
     """
     hidden = params["kernel_hh"].shape[0]
     if carry is None:
         carry = zero_carry(xs.shape[1:-1], hidden)
     gates = lstm_project(params, xs)
-    _, hs = jax.lax.scan(lambda c, g: lstm_step(params, c, g), carry, gates, reverse=reverse)
+    if mask is None:
+        _, hs = jax.lax.scan(lambda c, g: lstm_step(params, c, g), carry, gates, reverse=reverse)
+        return hs
+
+    def masked_step(c, inputs):
+        g, m = inputs
+        new, h = lstm_step(params, c, g)
+        keep = m[..., None]
+        return jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, c), h
+
+    _, hs = jax.lax.scan(masked_step, carry, (gates, mask), reverse=reverse)
     return hs
 
 
