@@ -94,7 +94,7 @@ def make_train_step(model: DVAE, optimizer: optax.GradientTransformation) -> Cal
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "recon": terms.recon, "kl": terms.kl,
-                   "grad_norm": optax.global_norm(grads)}
+                   "grad_norm": optax.tree.norm(grads)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
     return step
@@ -178,7 +178,9 @@ def data_parallel(step: Callable, mesh: Mesh | None = None, *, batch_argnum: int
     The batch's leading axis is split across the ``"data"`` mesh axis; XLA inserts the gradient
     all-reduce, so the result equals the single-device step up to float summation order.
     """
-    mesh = mesh or jax.make_mesh((jax.device_count(),), ("data",))
+    # Auto axes: XLA propagates shardings (Explicit axes would demand out_sharding on every dot).
+    mesh = mesh or jax.make_mesh((jax.device_count(),), ("data",),
+                                 axis_types=(jax.sharding.AxisType.Auto,))
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
     jitted = jax.jit(step)

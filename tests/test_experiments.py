@@ -1,0 +1,50 @@
+"""Every experiment script and benchmark runs end to end in smoke mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def run(args, tmp_path, timeout=420):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MPLBACKEND": "Agg", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, f"{args}\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+    return out.stdout
+
+
+def test_train_then_eval_resynthesis_smoke(tmp_path):
+    work = tmp_path / "run"
+    run([str(REPO / "experiments/train_dvae.py"), "--model", "srnn", "--smoke", "--workdir", str(work)],
+        tmp_path)
+    assert (work / "model.npz").is_file() and (work / "training.png").is_file()
+    assert len((work / "metrics.jsonl").read_text().splitlines()) == 2
+    out = run([str(REPO / "experiments/eval_resynthesis.py"), "--workdir", str(work), "--smoke"], tmp_path)
+    assert "si_sdr" in out
+    res = json.loads((work / "resynthesis/metrics.json").read_text())
+    assert res["n_utterances"] == 2 and (work / "resynthesis/spectrograms.png").is_file()
+
+
+def test_quickstart_smoke(tmp_path):
+    out = run([str(REPO / "experiments/quickstart.py"), "--smoke", "--workdir", str(tmp_path / "q")],
+              tmp_path, timeout=600)
+    assert "resynthesis of held-out speakers" in out
+    res = json.loads((tmp_path / "q/results.json").read_text())
+    assert set(res["results"]) == {"vae", "rvae", "srnn"}
+
+
+@pytest.mark.parametrize("script", ["bench_train_step.py"])
+def test_benchmarks_smoke(tmp_path, script):
+    out = run([str(REPO / "benchmarks" / script), "--smoke", "--out", str(tmp_path / "b.jsonl")], tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert records[0]["bench"] == "matmul" and records[0]["flops_per_s"] > 0
+    for rec in records[1:]:
+        assert rec["compile_s"] > 0 and rec["step_s_min"] > 0 and rec["frames_per_s"] > 0
+    assert out
