@@ -36,7 +36,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from vdvae_jax.distributions import Gaussian, kl_gaussian, standard_normal_like
+from vdvae_jax.distributions import kl_gaussian, standard_normal_like
 from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, noise_array
 from vdvae_jax.models.heads import decoder_head, gaussian_head, init_decoder_head, init_gaussian_head
 from vdvae_jax.nn.layers import MLP, RNNCell, lstm_init, lstm_scan, mlp, mlp_out_dim, rnn_scan

@@ -25,7 +25,6 @@ logged losses match the published numbers.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Mapping
 
 import jax
