@@ -30,10 +30,10 @@ PYTORCH_FRAMES_PER_S = {"srnn": 20.3e3, "rvae": 14.3e3, "vae": 79.5e3}
 
 def bench(name: str, batch: int, steps: int, x_dim: int, repeat: int) -> dict:
     model = models.build(name, x_dim=x_dim)
-    x = jax.random.uniform(jax.random.key(0), (batch, steps, x_dim), minval=1e-3, maxval=1.0)
-    params = model.init(jax.random.key(1), x[0])
+    x = jax.random.uniform(jax.random.key(0), (steps, batch, x_dim), minval=1e-3, maxval=1.0)
+    params = model.init(jax.random.key(1), x[:, 0])
     opt = optax.adam(1e-3)
-    step = make_train_step(model, opt)
+    step = make_train_step(model, opt, time_major=True)
     state = init_train_state(params, opt)
     key = jax.random.key(2)
     r = time_compiled(step, state, x, key, jnp.float32(0.01), jnp.float32(1.0), repeat=repeat)

@@ -18,6 +18,9 @@ from vdvae_jax.data.stft import StftConfig
 # Reference speech sizes are each model's defaults; "small" halves widths for CPU quickstarts.
 PRESETS: dict[str, dict[str, dict]] = {
     "speech": {},
+    # "log": reference sizes, networks read log-power (faster training; see DVAEConfig.input_transform)
+    "log": {name: {"input_transform": "log"} for name in
+            ("vae", "rvae", "rvae_causal", "srnn", "srnn_ss", "dkf", "storn", "vrnn", "dsae")},
     "small": {
         "vae": {"dense_x_z": (128,)},
         "rvae": {"dim_rnn_g_x": 64, "dim_rnn_g_z": 64, "dim_rnn_h": 64},
@@ -31,9 +34,13 @@ PRESETS: dict[str, dict[str, dict]] = {
 
 
 def preset_overrides(model: str, preset: str) -> dict:
-    if preset not in PRESETS:
-        raise SystemExit(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    return dict(PRESETS[preset].get(model, {}))
+    """Config overrides of ``preset``; presets combine with '+' (e.g. ``small+log``)."""
+    out = {}
+    for name in preset.split("+"):
+        if name not in PRESETS:
+            raise SystemExit(f"unknown preset {name!r}; choose from {sorted(PRESETS)} (combine with '+')")
+        out.update(PRESETS[name].get(model, {}))
+    return out
 
 
 def load_split_waves(data: str, split: str, *, seed: int = 0, max_files: int | None = None,

@@ -48,14 +48,14 @@ def train(model_name: str, workdir: Path, *, data: str = "default", preset: str 
                                          "train_config": train_cfg, "data": data, **run_info(train_cfg.seed)})
     optimizer = optax.adam(train_cfg.lr)
     state = init_train_state(params, optimizer)
-    train_step = jax.jit(make_train_step(model, optimizer), donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(model))
+    train_step = jax.jit(make_train_step(model, optimizer, time_major=True), donate_argnums=(0,))
+    eval_step = jax.jit(make_eval_step(model, time_major=True))
     t0 = time.perf_counter()
     state, stopper, history = fit(train_step=train_step, eval_step=eval_step, state=state,
                                   train_data=train_x, val_data=val_x, config=train_cfg,
                                   key=jax.random.fold_in(key, 1), workdir=workdir,
-                                  use_ss=model.name == "srnn_ss", progress=progress,
-                                  time_budget_s=time_budget_s)
+                                  use_ss=getattr(model.config, "scheduled_sampling", False), progress=progress,
+                                  time_budget_s=time_budget_s, time_major=True)
     seconds = time.perf_counter() - t0
     save_model(workdir / "model.npz", model, stopper.best_params)
     training_curves({model_name: history}).savefig(workdir / "training.png", dpi=100)
@@ -71,7 +71,8 @@ def main(argv=None):
     ap.add_argument("--model", default="rvae", choices=sorted(models.REGISTRY))
     ap.add_argument("--data", default="default",
                     help="'default' corpus, a WAV folder, 'wsj0:ROOT' or 'voicebank:ROOT'")
-    ap.add_argument("--preset", default="speech", help="speech (reference sizes) or small")
+    ap.add_argument("--preset", default="speech",
+                    help="speech (reference sizes), small, log (log-power network inputs); combine with +")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=128)

@@ -18,16 +18,23 @@ SMALL = {"vae": {"dense_x_z": (8,)},
                   "dense_gz_z": (8,), "dense_hz_z": (8,), "dense_hz_x": (8,)}}
 
 
-@pytest.mark.parametrize("name", ["vae", "rvae", "srnn"])
+SMALL_ZOO = {**SMALL,
+             "dkf": {"dense_x_gx": (8,), "dim_rnn_gx": 8, "dense_ztm1_g": (8,), "dense_g_z": (8,),
+                     "dense_z_x": (8,)},
+             "storn": {}, "vrnn": {}, "dsae": {}, "srnn_ss": SMALL["srnn"], "rvae_causal": SMALL["rvae"]}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_ZOO))
 def test_masked_padding_matches_unpadded(name):
-    model = models.build(name, x_dim=513, z_dim=3, **SMALL[name])
+    model = models.build(name, x_dim=513, z_dim=3, **SMALL_ZOO[name])
     params = model.init(jax.random.key(0), jnp.ones((4, 513)))
     x = jnp.asarray(np.random.default_rng(0).uniform(0.01, 1, (11, 1, 513)), jnp.float32)
     eps = np.random.default_rng(1).standard_normal((16, 1, 3)).astype(np.float32)
-    plain = model.forward(params, x, {"z": eps[:11]})
+    noise = {"z": eps, "v": np.ones((1, 16), np.float32), "coin": np.zeros((16, 1), np.float32)}
+    plain = model.forward(params, x, {k: (v[:11] if k != "v" else v) for k, v in noise.items()})
     padded_x = jnp.concatenate([x, jnp.zeros((5, 1, 513))], axis=0)
     mask = jnp.arange(16)[:, None] < 11
-    padded = model.forward(params, padded_x, {"z": eps}, mask=mask)
+    padded = model.forward(params, padded_x, noise, mask=mask)
     np.testing.assert_allclose(padded.x_out.logvar[:11], plain.x_out.logvar, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(padded.z[:11], plain.z, rtol=1e-5, atol=1e-5)
 

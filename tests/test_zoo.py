@@ -27,6 +27,9 @@ SMALL = {
                   dim_rnn_h=6, dense_h_x=(8,)),
     "vrnn": dict(dense_x=(8,), dense_z=(4,), dim_rnn=6),
     "dsae": dict(v_dim=2, dim_rnn_g_v=5, dim_rnn_g_xv=5, dim_rnn_g_z=4, dim_rnn_prior=4, dense_vz_x=(4, 8)),
+    "srnn_mot": dict(dense_x_h=(4,), dim_rnn_h=6, dense_gz_z=(8,), dense_hz_z=(8,), dense_hz_x=(8,)),
+    "srnn_scass": dict(dense_x_h=(8,), dim_rnn_h=6, dense_hx_g=(8,), dim_rnn_g=6, dense_gz_z=(8,),
+                       dense_hz_z=(8,), dense_hz_x=(8,)),
 }
 NAMES = sorted(REGISTRY)
 
@@ -49,11 +52,13 @@ def _noise(model, batch=(B,), seed=1):
              "coin": jax.random.uniform(k[1], (T,) + batch)}
     if model.name == "dsae":
         noise["v"] = jax.random.normal(k[2], batch + (model.config.v_dim,))
+    if model.config.observation == "gaussian":
+        noise["x"] = jax.random.normal(k[2], (T,) + batch + (F,))
     return noise
 
 
 def _mode(model):
-    return {"use_pred": 0.5} if model.name == "srnn_ss" else {}
+    return {"use_pred": 0.5} if getattr(model.config, "scheduled_sampling", False) else {}
 
 
 def _leaves(out):

@@ -77,15 +77,17 @@ def init_train_state(params, optimizer: optax.GradientTransformation) -> TrainSt
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
-def make_train_step(model: DVAE, optimizer: optax.GradientTransformation) -> Callable:
+def make_train_step(model: DVAE, optimizer: optax.GradientTransformation, *,
+                    time_major: bool = False) -> Callable:
     """``step(state, batch, key, kl_weight, use_pred) -> (state, metrics)``; pure, jit it once.
 
+    ``batch`` is ``(B, T, F)``, or ``(T, B, F)`` with ``time_major=True`` (saves a transpose per step).
     The key of the step is ``fold_in(key, state.step)``: pass the same run key every call.
     """
 
     def loss_fn(params, batch, key, kl_weight, use_pred):
-        mode = {"use_pred": use_pred} if model.name.startswith("srnn_ss") else {}
-        return batch_loss(model, params, batch, key, kl_weight=kl_weight, **mode)
+        mode = {"use_pred": use_pred} if getattr(model.config, "scheduled_sampling", False) else {}
+        return batch_loss(model, params, batch, key, kl_weight=kl_weight, time_major=time_major, **mode)
 
     def step(state: TrainState, batch, key, kl_weight, use_pred=0.0):
         step_key = jax.random.fold_in(key, state.step)
@@ -100,12 +102,13 @@ def make_train_step(model: DVAE, optimizer: optax.GradientTransformation) -> Cal
     return step
 
 
-def make_eval_step(model: DVAE) -> Callable:
+def make_eval_step(model: DVAE, *, time_major: bool = False) -> Callable:
     """``eval_step(params, batch, key, kl_weight, use_pred) -> metrics`` (same stochastic pass)."""
 
     def eval_step(params, batch, key, kl_weight, use_pred=0.0):
-        mode = {"use_pred": use_pred} if model.name.startswith("srnn_ss") else {}
-        loss, terms = batch_loss(model, params, batch, key, kl_weight=kl_weight, **mode)
+        mode = {"use_pred": use_pred} if getattr(model.config, "scheduled_sampling", False) else {}
+        loss, terms = batch_loss(model, params, batch, key, kl_weight=kl_weight, time_major=time_major,
+                                 **mode)
         return {"loss": loss, "recon": terms.recon, "kl": terms.kl}
 
     return eval_step
@@ -206,7 +209,7 @@ def _mean_metrics(metrics: list[dict]) -> dict:
 def fit(*, train_step: Callable, eval_step: Callable, state: TrainState, train_data: np.ndarray,
         val_data: np.ndarray, config: TrainConfig, key, workdir: str | Path | None = None,
         use_ss: bool = False, progress: bool = True, max_steps: int | None = None,
-        time_budget_s: float | None = None,
+        time_budget_s: float | None = None, time_major: bool = False,
         log: Callable[[str], None] = print) -> tuple[TrainState, EarlyStopping, list[dict]]:
     """Train with epochs, warm-up, early stopping, checkpoints and resume.
 
@@ -218,6 +221,8 @@ def fit(*, train_step: Callable, eval_step: Callable, state: TrainState, train_d
       workdir: where ``checkpoints/`` and ``metrics.jsonl`` go; None disables both.
       max_steps: stop after this global step (used to simulate a killed run in tests).
       time_budget_s: stop after the first epoch that ends past this many seconds of training.
+      time_major: feed ``(T, B, F)`` batches (steps built with ``time_major=True``); the data are
+        transposed once here instead of in every step.
 
     Returns:
       ``(final state, early-stopping record with best_params, per-epoch history)``.
@@ -227,9 +232,13 @@ def fit(*, train_step: Callable, eval_step: Callable, state: TrainState, train_d
     from vdvae_jax.checkpoint import Checkpointer
     from vdvae_jax.data.datasets import batch_iterator
 
-    n_batches = len(train_data) // config.batch_size
+    axis = 1 if time_major else 0
+    if time_major:
+        train_data = np.ascontiguousarray(np.swapaxes(train_data, 0, 1))
+        val_data = np.ascontiguousarray(np.swapaxes(val_data, 0, 1))
+    n_batches = train_data.shape[axis] // config.batch_size
     if n_batches == 0:
-        raise ValueError(f"{len(train_data)} training sequences < batch size {config.batch_size}")
+        raise ValueError(f"{train_data.shape[axis]} training sequences < batch size {config.batch_size}")
     stopper = EarlyStopping(config.patience, best_is_last=config.best_is_last)
     history: list[dict] = []
     ckpt = metrics_file = None
@@ -266,7 +275,7 @@ def fit(*, train_step: Callable, eval_step: Callable, state: TrainState, train_d
             skip = int(state.step) - epoch * n_batches
             t0, epoch_metrics = time.perf_counter(), []
             for batch in batch_iterator(train_data, config.batch_size, seed=config.seed, epoch=epoch,
-                                        start_batch=skip):
+                                        start_batch=skip, axis=axis):
                 state, m = train_step(state, batch, key, kl_w, use_pred)
                 epoch_metrics.append(m)
                 bar.update(1)
@@ -276,8 +285,8 @@ def fit(*, train_step: Callable, eval_step: Callable, state: TrainState, train_d
                     save(force=True)
                     return state, stopper, history
             val = [eval_step(state.params, batch, jax.random.fold_in(val_key, epoch), kl_w, use_pred)
-                   for batch in batch_iterator(val_data, min(config.batch_size, len(val_data)),
-                                               seed=config.seed, epoch=0)]
+                   for batch in batch_iterator(val_data, min(config.batch_size, val_data.shape[axis]),
+                                               seed=config.seed, epoch=0, axis=axis)]
             record = {"epoch": epoch, "step": int(state.step), "kl_weight": kl_w, "use_pred": use_pred,
                       "seconds": time.perf_counter() - t0,
                       **{f"train_{k}": v for k, v in _mean_metrics(epoch_metrics).items()},

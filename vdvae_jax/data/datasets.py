@@ -140,6 +140,7 @@ def batch_iterator(
     epoch: int,
     drop_last: bool = True,
     start_batch: int = 0,
+    axis: int = 0,
 ) -> Iterator[np.ndarray]:
     """Yields shuffled batches ``data[perm[i B:(i + 1) B]]``; the permutation depends only on
     ``(seed, epoch)``, so training can resume exactly (``start_batch`` skips batches).
@@ -151,11 +152,13 @@ def batch_iterator(
       epoch: epoch index.
       drop_last: drop the final incomplete batch.
       start_batch: index of the first batch to yield.
+      axis: the sequence axis of ``data`` (1 for time-major ``(T, N, F)`` data, which then yields
+        time-major batches ``(T, B, F)``).
     """
-    n = len(data)
+    n = data.shape[axis]
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     perm = np.random.default_rng([int(seed), int(epoch)]).permutation(n)
     n_batches = n // batch_size if drop_last else -(-n // batch_size)
     for i in range(start_batch, n_batches):
-        yield data[perm[i * batch_size : (i + 1) * batch_size]]
+        yield np.take(data, perm[i * batch_size : (i + 1) * batch_size], axis=axis)

@@ -47,6 +47,7 @@ __all__ = [
     "step_noise",
     "draw_step",
     "loss_from_outputs",
+    "network_input",
     "batch_loss",
     "count_params",
 ]
@@ -67,6 +68,10 @@ class DVAEConfig:
       is_eps: epsilon added to the predicted variance inside the IS divergence (1e-10 in training).
       gaussian_reference_nll: for ``observation="gaussian"``, use the reference's
         ``sum(logvar + (x-mean)^2/var)`` instead of the exact NLL.
+      input_transform: how the networks read x: ``"none"`` (the reference: raw power spectra, values
+        up to ~1e5 that saturate the first layers and slow training down) or ``"log"``
+        (:math:`\\log(x + \\epsilon)` with :math:`\\epsilon` = ``input_floor``). The likelihood uses the raw x.
+      input_floor: the floor of the ``"log"`` transform.
     """
 
     x_dim: int = 513
@@ -77,6 +82,8 @@ class DVAEConfig:
     kl_var_eps: float = 1e-10
     is_eps: float = 1e-10
     gaussian_reference_nll: bool = False
+    input_transform: str = "none"
+    input_floor: float = 1e-6
 
     def __post_init__(self):
         if self.x_dim < 1 or self.z_dim < 1:
@@ -87,6 +94,8 @@ class DVAEConfig:
             raise ValueError(f"observation must be 'is' or 'gaussian', got {self.observation!r}")
         if self.kl_mode not in KL_MODES:
             raise ValueError(f"kl_mode must be one of {KL_MODES}, got {self.kl_mode!r}")
+        if self.input_transform not in ("none", "log"):
+            raise ValueError(f"input_transform must be 'none' or 'log', got {self.input_transform!r}")
         for name in ("dense_x_z", "dense_z_x", "dense_x_gx", "dense_z_gz", "dense_g_z", "dense_z_h",
                      "dense_h_x", "dense_x_h", "dense_hx_g", "dense_gz_z", "dense_hz_z", "dense_hz_x"):
             value = getattr(self, name, None)
@@ -206,6 +215,13 @@ def draw_step(xs_t, shape: tuple, kind: str = "normal") -> jax.Array:
 # Losses.
 
 
+def network_input(config: DVAEConfig, x: jax.Array) -> jax.Array:
+    """x as the networks read it (see ``DVAEConfig.input_transform``)."""
+    if config.input_transform == "log":
+        return jnp.log(x + config.input_floor)
+    return x
+
+
 def loss_from_outputs(config: DVAEConfig, x: jax.Array, out: Outputs, kl_weight=1.0) -> LossTerms:
     """Per-frame terms: ``recon = NLL / N``, ``kl = KL / N`` with N = T (x: (T, F)) or T*B (x: (T, B, F)),
     the reference's normalisation."""
@@ -217,13 +233,15 @@ def loss_from_outputs(config: DVAEConfig, x: jax.Array, out: Outputs, kl_weight=
     return LossTerms(recon + kl_weight * kl, recon, kl)
 
 
-def batch_loss(model: DVAE, params, xb: jax.Array, noise, *, kl_weight=1.0, **mode):
-    """Per-frame loss of a batch-major batch ``xb: (B, T, x_dim)`` (the data loaders' layout).
+def batch_loss(model: DVAE, params, xb: jax.Array, noise, *, kl_weight=1.0, time_major: bool = False,
+               **mode):
+    """Per-frame loss of a batch ``xb``: batch-major ``(B, T, x_dim)`` (the data loaders' layout) or,
+    with ``time_major=True``, ``(T, B, x_dim)`` (no transpose inside the step: faster).
 
-    The batch is run time-major in one forward pass; the loss is the reference's
-    ``sum / (T * B)``. Returns ``(loss, LossTerms)``.
+    The batch runs time-major in one forward pass; the loss is the reference's ``sum / (T * B)``.
+    Returns ``(loss, LossTerms)``.
     """
-    x = jnp.swapaxes(xb, 0, 1)
+    x = xb if time_major else jnp.swapaxes(xb, 0, 1)
     terms = loss_from_outputs(model.config, x, model.forward(params, x, noise, **mode), kl_weight)
     return terms.loss, terms
 

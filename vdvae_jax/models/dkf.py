@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from vdvae_jax.distributions import Gaussian
-from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, draw_step, step_noise
+from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, draw_step, network_input, step_noise
 from vdvae_jax.models.heads import decoder_head, gaussian_head, init_decoder_head, init_dense, init_gaussian_head
 from vdvae_jax.nn.layers import ACTIVATIONS, MLP, dense, lstm_init, lstm_scan, mlp, mlp_out_dim
 
@@ -100,9 +100,9 @@ def make_dkf(config: DKFConfig = DKFConfig()) -> DVAE:
         h = mlp(p, z_prev, c.dense_ztm1_g, c.activation)
         return act(dense(p["linear_last"], h))
 
-    def encode_full(params, x, noise):
-        a = mlp(params.get("mlp_x_gx"), x, c.dense_x_gx, c.activation)
-        g = {d: lstm_scan(params["rnn_gx"][d], a, reverse=(d == "backward")) for d in dirs}
+    def encode_full(params, x, noise, mask=None):
+        a = mlp(params.get("mlp_x_gx"), network_input(c, x), c.dense_x_gx, c.activation)
+        g = {d: lstm_scan(params["rnn_gx"][d], a, reverse=(d == "backward"), mask=mask) for d in dirs}
         g_sum = sum(g.values())
         batch = x.shape[1:-1]
 
@@ -139,8 +139,9 @@ def make_dkf(config: DKFConfig = DKFConfig()) -> DVAE:
     def decode(params, z, x=None):
         return decoder_head(params, mlp(params.get("mlp_z_x"), z, c.dense_z_x, c.activation), c)
 
-    def forward(params, x, noise):
-        z, q, extras = encode_full(params, x, noise)
+    def forward(params, x, noise, *, mask=None):
+        """Full pass; ``mask`` (T, [B]) marks valid frames of end-padded sequences."""
+        z, q, extras = encode_full(params, x, noise, mask)
         return Outputs(z, q, prior(params, z), decode(params, z), extras)
 
     return DVAE("dkf", c, init, forward, encode, decode, prior)

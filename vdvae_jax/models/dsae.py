@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from vdvae_jax.distributions import kl_gaussian, standard_normal_like
-from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, noise_array
+from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, network_input, noise_array
 from vdvae_jax.models.heads import decoder_head, gaussian_head, init_decoder_head, init_gaussian_head
 from vdvae_jax.nn.layers import MLP, RNNCell, lstm_init, lstm_scan, mlp, mlp_out_dim, rnn_scan
 
@@ -97,20 +97,26 @@ def make_dsae(config: DSAEConfig = DSAEConfig()) -> DVAE:
         params.update(init_decoder_head(next(k), block("mlp_vz_x", c.dense_vz_x, c.v_dim + c.z_dim), c))
         return params
 
-    def encode_v(params, x, noise=None):
+    def encode_v(params, x, noise=None, mask=None):
         """q(v | x) and a sample (the posterior mean when ``noise`` is None)."""
-        a = mlp(params.get("mlp_x"), x, c.dense_x, act)
-        fwd = lstm_scan(params["rnn_g_v"]["forward"], a)
-        bwd = lstm_scan(params["rnn_g_v"]["backward"], a, reverse=True)
-        g = jnp.concatenate([fwd[-1], bwd[0]], axis=-1)  # final states of each direction
+        a = mlp(params.get("mlp_x"), network_input(c, x), c.dense_x, act)
+        fwd = lstm_scan(params["rnn_g_v"]["forward"], a, mask=mask)
+        bwd = lstm_scan(params["rnn_g_v"]["backward"], a, reverse=True, mask=mask)
+        if mask is None:
+            last = fwd[-1]
+        else:  # final forward state = output at the last valid frame
+            idx = jnp.sum(mask, axis=0).astype(jnp.int32) - 1
+            last = jnp.take_along_axis(fwd, idx[None, ..., None], axis=0)[0]
+        g = jnp.concatenate([last, bwd[0]], axis=-1)  # final states of each direction
         qv = gaussian_head(params, mlp(params.get("mlp_gv_v"), g, c.dense_gv_v, act), "inf_v")
         v = qv.mean if noise is None else qv.sample(noise_array(noise, "v", qv.mean.shape))
         return v, qv, a
 
-    def encode_z(params, a, v, noise):
+    def encode_z(params, a, v, noise, mask=None):
         vt = jnp.broadcast_to(v, a.shape[:-1] + v.shape[-1:])
         b = mlp(params.get("mlp_xv_gxv"), jnp.concatenate([a, vt], axis=-1), c.dense_xv_gxv, act)
-        gxv = jnp.concatenate([lstm_scan(params["rnn_g_xv"][d], b, reverse=(d == "backward")) for d in bi], -1)
+        gxv = jnp.concatenate([lstm_scan(params["rnn_g_xv"][d], b, reverse=(d == "backward"), mask=mask)
+                               for d in bi], -1)
         r = rnn_scan(params["rnn_g_z"]["forward"], mlp(params.get("mlp_gxv_gz"), gxv, c.dense_gxv_gz, act))
         q = gaussian_head(params, r, "inf_z")
         return q.sample(noise_array(noise, "z", q.mean.shape)), q
@@ -134,9 +140,10 @@ def make_dsae(config: DSAEConfig = DSAEConfig()) -> DVAE:
             v = encode_v(params, x)[0]
         return decode_v(params, z, v)
 
-    def forward(params, x, noise):
-        v, qv, a = encode_v(params, x, noise)
-        z, q = encode_z(params, a, v, noise)
+    def forward(params, x, noise, *, mask=None):
+        """Full pass; ``mask`` (T, [B]) marks valid frames of end-padded sequences."""
+        v, qv, a = encode_v(params, x, noise, mask)
+        z, q = encode_z(params, a, v, noise, mask)
         kl_v = kl_gaussian(qv, standard_normal_like(v), mode=c.kl_mode, var_eps=c.kl_var_eps)
         extras = {"v": v, "q_v": qv, "kl_static": kl_v}
         return Outputs(z, q, prior(params, z), decode_v(params, z, v), extras)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from vdvae_jax.distributions import standard_normal_like
-from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, draw_step, step_noise
+from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, draw_step, network_input, step_noise
 from vdvae_jax.models.heads import decoder_head, gaussian_head, init_decoder_head, init_gaussian_head
 from vdvae_jax.nn.layers import (MLP, lstm_init, lstm_project, lstm_scan, lstm_step, mlp, mlp_out_dim,
                                  zero_carry)
@@ -89,7 +89,7 @@ def make_rvae(config: RVAEConfig = RVAEConfig()) -> DVAE:
         return params
 
     def encode_full(params, x, noise, mask=None):
-        a = mlp(params.get("mlp_x_gx"), x, c.dense_x_gx, c.activation)
+        a = mlp(params.get("mlp_x_gx"), network_input(c, x), c.dense_x_gx, c.activation)
         g_x = jnp.concatenate([lstm_scan(params["rnn_g_x"][d], a, reverse=(d == "backward"), mask=mask)
                                for d in enc_dirs], axis=-1)
         p_gz = params["rnn_g_z"]["forward"]

@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 
 from vdvae_jax.distributions import Gaussian
-from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, draw_step, noise_array, step_noise
+from vdvae_jax.models.base import (DVAE, DVAEConfig, Outputs, draw_step, network_input, noise_array,
+                                   step_noise)
 from vdvae_jax.models.heads import decoder_head, gaussian_head, init_decoder_head, init_gaussian_head
 from vdvae_jax.nn.layers import (MLP, lstm_init, lstm_project, lstm_scan, lstm_step, mlp, mlp_out_dim,
                                  zero_carry)
@@ -92,10 +93,11 @@ def make_srnn(config: SRNNConfig = SRNNConfig()) -> DVAE:
     def h_teacher_forced(params, x):
         """h_t from the ground-truth previous frames x_{t-1} (x_0 = 0)."""
         x_prev = jnp.concatenate([jnp.zeros_like(x[:1]), x[:-1]], axis=0)
-        return lstm_scan(params["rnn_h"]["forward"], mlp(params.get("mlp_x_h"), x_prev, c.dense_x_h, act))
+        return lstm_scan(params["rnn_h"]["forward"],
+                         mlp(params.get("mlp_x_h"), network_input(c, x_prev), c.dense_x_h, act))
 
     def encode_from_h(params, x, h, noise, mask=None):
-        a = mlp(params.get("mlp_hx_g"), jnp.concatenate([h, x], axis=-1), c.dense_hx_g, act)
+        a = mlp(params.get("mlp_hx_g"), jnp.concatenate([h, network_input(c, x)], axis=-1), c.dense_hx_g, act)
         g = lstm_scan(params["rnn_g"]["backward"], a, reverse=True, mask=mask)
 
         def step(z_prev, inputs):
@@ -131,7 +133,7 @@ def make_srnn(config: SRNNConfig = SRNNConfig()) -> DVAE:
         def step(carry, inputs):
             state, x_hat = carry
             z_t, h_tf_t, coin_t, x_noise_t = inputs
-            b = mlp(params.get("mlp_x_h"), x_hat, c.dense_x_h, act)
+            b = mlp(params.get("mlp_x_h"), network_input(c, x_hat), c.dense_x_h, act)
             state, h_gen_t = lstm_step(p_h, state, lstm_project(p_h, b))
             h_t = jnp.where(coin_t[..., None] < use_pred, h_gen_t, h_tf_t)
             out_t = decode_from_h(params, z_t, h_t)

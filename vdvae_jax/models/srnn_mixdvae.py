@@ -226,7 +226,8 @@ def make_srnn_mot(config: MOTSRNNConfig = MOTSRNNConfig()) -> DVAE:
         _, (x_out, h_gen, h_used) = jax.lax.scan(step, carry0, xs)
         return x_out, h_gen, h_used
 
-    def forward(params, x, noise, *, use_pred=0.0):
+    def forward(params, x, noise, *, use_pred=0.0, mask=None):
+        del mask  # causal encoder and decoder: end padding never reaches the valid frames
         """One pass; ``use_pred`` (scheduled sampling only) is the probability of the generated h."""
         h_tf = h_teacher_forced(params, c, x)
         z, q = _mot_encode_from_h(params, c, x, h_tf, noise)

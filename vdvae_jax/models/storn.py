@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from vdvae_jax.distributions import standard_normal_like
-from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, noise_array
+from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, network_input, noise_array
 from vdvae_jax.models.heads import decoder_head, gaussian_head, init_decoder_head, init_gaussian_head
 from vdvae_jax.nn.layers import MLP, lstm_init, lstm_scan, mlp, mlp_out_dim
 
@@ -75,7 +75,7 @@ def make_storn(config: STORNConfig = STORNConfig()) -> DVAE:
         return params
 
     def encode_full(params, x, noise):
-        g = lstm_scan(params["rnn_g"]["forward"], mlp(params.get("mlp_x_g"), x, c.dense_x_g, act))
+        g = lstm_scan(params["rnn_g"]["forward"], mlp(params.get("mlp_x_g"), network_input(c, x), c.dense_x_g, act))
         q = gaussian_head(params, mlp(params.get("mlp_g_z"), g, c.dense_g_z, act), "inf")
         z = q.sample(noise_array(noise, "z", q.mean.shape))
         return z, q, g
@@ -87,7 +87,7 @@ def make_storn(config: STORNConfig = STORNConfig()) -> DVAE:
     def decode_full(params, z, x):
         x_prev = jnp.concatenate([jnp.zeros_like(x[:1]), x[:-1]], axis=0)
         inp = jnp.concatenate([mlp(params.get("mlp_z_h"), z, c.dense_z_h, act),
-                               mlp(params.get("mlp_xtm1_h"), x_prev, c.dense_xtm1_h, act)], axis=-1)
+                               mlp(params.get("mlp_xtm1_h"), network_input(c, x_prev), c.dense_xtm1_h, act)], axis=-1)
         h = lstm_scan(params["rnn_h"]["forward"], inp)
         return decoder_head(params, mlp(params.get("mlp_h_x"), h, c.dense_h_x, act), c), h
 
@@ -98,7 +98,8 @@ def make_storn(config: STORNConfig = STORNConfig()) -> DVAE:
     def prior(params, z, x=None):
         return standard_normal_like(z)
 
-    def forward(params, x, noise):
+    def forward(params, x, noise, *, mask=None):
+        del mask  # causal model: end padding never reaches the valid frames
         z, q, g = encode_full(params, x, noise)
         x_out, h = decode_full(params, z, x)
         return Outputs(z, q, prior(params, z), x_out, {"rnn_g": g, "rnn_h": h})

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from vdvae_jax.distributions import Gaussian, standard_normal_like
-from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, noise_array
+from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, network_input, noise_array
 from vdvae_jax.models.heads import decoder_head, init_decoder_head, init_gaussian_head, gaussian_head
 from vdvae_jax.nn.layers import MLP, mlp, mlp_out_dim
 
@@ -52,7 +52,7 @@ def make_vae(config: VAEConfig = VAEConfig()) -> DVAE:
         return params
 
     def encode(params, x, noise):
-        h = mlp(params.get("mlp_x_z"), x, c.dense_x_z, c.activation)
+        h = mlp(params.get("mlp_x_z"), network_input(c, x), c.dense_x_z, c.activation)
         q = gaussian_head(params, h, "inf")
         z = q.sample(noise_array(noise, "z", q.mean.shape))
         return z, q

@@ -28,7 +28,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, draw_step, step_noise
+from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, draw_step, network_input, step_noise
 from vdvae_jax.models.heads import decoder_head, gaussian_head, init_decoder_head, init_gaussian_head
 from vdvae_jax.nn.layers import MLP, lstm_init, lstm_project, lstm_scan, lstm_step, mlp, mlp_out_dim, zero_carry
 
@@ -75,7 +75,7 @@ def make_vrnn(config: VRNNConfig = VRNNConfig()) -> DVAE:
         return params
 
     def phi_x(params, x):
-        return mlp(params.get("feature_extractor_x"), x, c.dense_x, act)
+        return mlp(params.get("feature_extractor_x"), network_input(c, x), c.dense_x, act)
 
     def phi_z(params, z):
         return mlp(params.get("feature_extractor_z"), z, c.dense_z, act)
@@ -120,7 +120,8 @@ def make_vrnn(config: VRNNConfig = VRNNConfig()) -> DVAE:
     def prior(params, z, x):
         return prior_from_h(params, h_from(params, z, x))
 
-    def forward(params, x, noise):
+    def forward(params, x, noise, *, mask=None):
+        del mask  # causal model: end padding never reaches the valid frames
         z, q, h = encode_full(params, x, noise)
         return Outputs(z, q, prior_from_h(params, h), decode_from_h(params, z, h), {"h": h})
 
