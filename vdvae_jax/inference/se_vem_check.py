@@ -186,7 +186,10 @@ def check_se_vem_dir(path, *, rtol: float = RTOL, models=MODELS) -> list[CheckRe
         for name in ("W", "H", "g", "loss"):
             groups.setdefault("mstep", []).append(
                 compare_arrays(f"mstep/{name}", ours[f"mstep/{name}"], ref[f"it0/{name}"], rtol=rtol))
-        results += [summarise(f"se_vem/vb_{tag}", mode, errs) for mode, errs in groups.items()]
+        loose = "" if POST_ADAM_RTOL[tag] <= rtol else (
+            f"after the first Adam step: documented bound rtol={POST_ADAM_RTOL[tag]}, not {rtol}")
+        results += [summarise(f"se_vem/vb_{tag}", mode, errs, note="" if mode == "mstep" else loose)
+                    for mode, errs in groups.items()]
     return results
 
 

@@ -185,3 +185,30 @@ def load_published_model(path_or_dir, *, kl_mode: str = "reference", scheduled_s
         raise PublishedModelError(f"{path_or_dir}: {err}") from None
     check_params_match(model, params)
     return model, jax.tree.map(jnp.asarray, params)
+
+
+def load_published_mixdvae(pt_path, config_ini=None) -> tuple[DVAE, dict]:
+    """Load a published MixDVAE SRNN (``model_{mot,scass_wsj,scass_cbf}.pt``) as ``(model, params)``.
+
+    ``config_ini`` defaults to the ``cfg_dvae_single_<tag>.ini`` its authors ship beside the file.
+    """
+    import configparser
+    from pathlib import Path
+
+    from vdvae_jax.convert import read_torch_checkpoint
+    from vdvae_jax.models.srnn_mixdvae import (MOTSRNNConfig, config_from_ini, make_srnn_mot,
+                                               make_srnn_scass, mixdvae_state_dict_to_params)
+
+    pt_path = Path(pt_path)
+    if config_ini is None:
+        config_ini = pt_path.with_name("cfg_dvae_single_" + pt_path.stem.removeprefix("model_") + ".ini")
+    if not Path(config_ini).is_file():
+        raise PublishedModelError(f"{pt_path}: config {config_ini} not found; pass config_ini=")
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str
+    parser.read(config_ini)
+    config = config_from_ini({s: dict(parser[s]) for s in parser.sections()})
+    model = (make_srnn_mot if isinstance(config, MOTSRNNConfig) else make_srnn_scass)(config)
+    params = mixdvae_state_dict_to_params(read_torch_checkpoint(pt_path))
+    check_params_match(model, params)
+    return model, jax.tree.map(jnp.asarray, params)

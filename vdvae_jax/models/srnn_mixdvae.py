@@ -239,14 +239,14 @@ def make_srnn_mot(config: MOTSRNNConfig = MOTSRNNConfig()) -> DVAE:
         p = prior_from_h(params, c, z, h_gen if c.prior_on == "gen" else h_used)
         return Outputs(z, q, p, x_out, {**extras, "h_gen": h_gen})
 
-    name = "srnn_mot_ss" if c.scheduled_sampling else "srnn_mot"
+    name = "srnn_mot"  # the registry name; the mode lives in config.scheduled_sampling
     return DVAE(name, c, init, forward, encode, decode, prior)
 
 
 def make_srnn_scass(config: SCASSSRNNConfig = SCASSSRNNConfig()) -> DVAE:
     """The SC-ASS pre-training SRNN: :func:`~vdvae_jax.models.srnn.make_srnn` with the MixDVAE options."""
     model = make_srnn(config)
-    return model._replace(name="srnn_scass_ss" if config.scheduled_sampling else "srnn_scass")
+    return model._replace(name="srnn_scass")
 
 
 MIXDVAE_MODELS = {
