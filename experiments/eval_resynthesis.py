@@ -20,7 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from common import load_split_waves, run_info, write_json  # noqa: E402

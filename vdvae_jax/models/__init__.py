@@ -12,7 +12,7 @@ from vdvae_jax.models.dkf import DKFConfig, make_dkf
 from vdvae_jax.models.dsae import DSAEConfig, make_dsae
 from vdvae_jax.models.rvae import RVAEConfig, make_rvae
 from vdvae_jax.models.srnn import SRNNConfig, make_srnn
-from vdvae_jax.models.srnn_mixdvae import MIXDVAE_MODELS, MOTSRNNConfig, SCASSSRNNConfig
+from vdvae_jax.models.srnn_mixdvae import MIXDVAE_MODELS
 from vdvae_jax.models.storn import STORNConfig, make_storn
 from vdvae_jax.models.vae import VAEConfig, make_vae
 from vdvae_jax.models.vrnn import VRNNConfig, make_vrnn

@@ -96,11 +96,10 @@ class DVAEConfig:
             raise ValueError(f"kl_mode must be one of {KL_MODES}, got {self.kl_mode!r}")
         if self.input_transform not in ("none", "log"):
             raise ValueError(f"input_transform must be 'none' or 'log', got {self.input_transform!r}")
-        for name in ("dense_x_z", "dense_z_x", "dense_x_gx", "dense_z_gz", "dense_g_z", "dense_z_h",
-                     "dense_h_x", "dense_x_h", "dense_hx_g", "dense_gz_z", "dense_hz_z", "dense_hz_x"):
-            value = getattr(self, name, None)
-            if value is not None and not isinstance(value, tuple):
-                raise TypeError(f"{name} must be a tuple of ints, got {value!r}")
+        for field in dataclasses.fields(self):  # every MLP width list of every model
+            value = getattr(self, field.name)
+            if field.name.startswith("dense_") and value is not None and not isinstance(value, tuple):
+                raise TypeError(f"{field.name} must be a tuple of ints, got {value!r}")
 
 
 class Outputs(NamedTuple):

@@ -53,12 +53,6 @@ class DKFConfig(DVAEConfig):
     dense_g_z: tuple[int, ...] = (32,)
     dense_z_x: tuple[int, ...] = (32, 64, 128, 256)
 
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("dense_ztm1_g", "dense_z_x"):
-            if not isinstance(getattr(self, name), tuple):
-                raise TypeError(f"{name} must be a tuple of ints, got {getattr(self, name)!r}")
-
 
 def _shift(z):
     """``[0, z_1, ..., z_{T-1}]`` along time."""

@@ -38,8 +38,9 @@ import jax.numpy as jnp
 
 from vdvae_jax.distributions import kl_gaussian, standard_normal_like
 from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, network_input, noise_array
-from vdvae_jax.models.heads import decoder_head, gaussian_head, init_decoder_head, init_gaussian_head
-from vdvae_jax.nn.layers import MLP, RNNCell, lstm_init, lstm_scan, mlp, mlp_out_dim, rnn_scan
+from vdvae_jax.models.heads import (decoder_head, gaussian_head, init_decoder_head, init_gaussian_head,
+                                    init_mlp_block)
+from vdvae_jax.nn.layers import RNNCell, lstm_init, lstm_scan, mlp, rnn_scan
 
 __all__ = ["DSAEConfig", "make_dsae"]
 
@@ -63,9 +64,6 @@ class DSAEConfig(DVAEConfig):
         super().__post_init__()
         if self.v_dim < 1:
             raise ValueError(f"v_dim must be positive, got {self.v_dim}")
-        for name in ("dense_x", "dense_gv_v", "dense_xv_gxv", "dense_gxv_gz", "dense_vz_x"):
-            if not isinstance(getattr(self, name), tuple):
-                raise TypeError(f"{name} must be a tuple of ints, got {getattr(self, name)!r}")
 
 
 def make_dsae(config: DSAEConfig = DSAEConfig()) -> DVAE:
@@ -78,9 +76,7 @@ def make_dsae(config: DSAEConfig = DSAEConfig()) -> DVAE:
         params = {}
 
         def block(name, widths, in_dim):
-            if widths:
-                params[name] = MLP(widths, act).init(next(k), jnp.zeros((in_dim,)))["params"]
-            return mlp_out_dim(in_dim, widths)
+            return init_mlp_block(params, next(k), name, widths, in_dim, act)
 
         fx = block("mlp_x", c.dense_x, c.x_dim)
         params["rnn_g_v"] = {d: lstm_init(next(k), fx, c.dim_rnn_g_v) for d in bi}

@@ -11,13 +11,21 @@ import jax
 import jax.numpy as jnp
 
 from vdvae_jax.distributions import Gaussian
-from vdvae_jax.nn.layers import Dense, dense
+from vdvae_jax.nn.layers import MLP, Dense, dense, mlp_out_dim
 
-__all__ = ["init_dense", "init_gaussian_head", "gaussian_head", "init_decoder_head", "decoder_head"]
+__all__ = ["init_dense", "init_mlp_block", "init_gaussian_head", "gaussian_head", "init_decoder_head",
+           "decoder_head"]
 
 
 def init_dense(key, in_dim: int, out_dim: int):
     return Dense(out_dim).init(key, jnp.zeros((in_dim,)))["params"]
+
+
+def init_mlp_block(params: dict, key, name: str, widths, in_dim: int, activation: str) -> int:
+    """Add MLP ``name`` to ``params`` when ``widths`` is non-empty; returns its output size."""
+    if widths:
+        params[name] = MLP(widths, activation).init(key, jnp.zeros((in_dim,)))["params"]
+    return mlp_out_dim(in_dim, widths)
 
 
 def init_gaussian_head(key, in_dim: int, out_dim: int, prefix: str) -> dict:

@@ -34,7 +34,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from vdvae_jax.distributions import Gaussian
 from vdvae_jax.models.base import (DVAE, DVAEConfig, Outputs, draw_step, network_input, noise_array,
                                    step_noise)
 from vdvae_jax.models.heads import decoder_head, gaussian_head, init_decoder_head, init_gaussian_head

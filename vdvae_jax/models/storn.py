@@ -28,8 +28,9 @@ import jax.numpy as jnp
 
 from vdvae_jax.distributions import standard_normal_like
 from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, network_input, noise_array
-from vdvae_jax.models.heads import decoder_head, gaussian_head, init_decoder_head, init_gaussian_head
-from vdvae_jax.nn.layers import MLP, lstm_init, lstm_scan, mlp, mlp_out_dim
+from vdvae_jax.models.heads import (decoder_head, gaussian_head, init_decoder_head, init_gaussian_head,
+                                    init_mlp_block)
+from vdvae_jax.nn.layers import lstm_init, lstm_scan, mlp
 
 __all__ = ["STORNConfig", "make_storn"]
 
@@ -46,12 +47,6 @@ class STORNConfig(DVAEConfig):
     dim_rnn_h: int = 128
     dense_h_x: tuple[int, ...] = (256,)
 
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("dense_x_g", "dense_xtm1_h"):
-            if not isinstance(getattr(self, name), tuple):
-                raise TypeError(f"{name} must be a tuple of ints, got {getattr(self, name)!r}")
-
 
 def make_storn(config: STORNConfig = STORNConfig()) -> DVAE:
     c = config
@@ -62,9 +57,7 @@ def make_storn(config: STORNConfig = STORNConfig()) -> DVAE:
         params = {}
 
         def block(name, widths, in_dim):
-            if widths:
-                params[name] = MLP(widths, act).init(next(k), jnp.zeros((in_dim,)))["params"]
-            return mlp_out_dim(in_dim, widths)
+            return init_mlp_block(params, next(k), name, widths, in_dim, act)
 
         g_in = block("mlp_x_g", c.dense_x_g, c.x_dim)
         params["rnn_g"] = {"forward": lstm_init(next(k), g_in, c.dim_rnn_g)}

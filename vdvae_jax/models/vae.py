@@ -16,7 +16,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from vdvae_jax.distributions import Gaussian, standard_normal_like
+from vdvae_jax.distributions import standard_normal_like
 from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, network_input, noise_array
 from vdvae_jax.models.heads import decoder_head, init_decoder_head, init_gaussian_head, gaussian_head
 from vdvae_jax.nn.layers import MLP, mlp, mlp_out_dim

@@ -29,8 +29,9 @@ import jax
 import jax.numpy as jnp
 
 from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, draw_step, network_input, step_noise
-from vdvae_jax.models.heads import decoder_head, gaussian_head, init_decoder_head, init_gaussian_head
-from vdvae_jax.nn.layers import MLP, lstm_init, lstm_project, lstm_scan, lstm_step, mlp, mlp_out_dim, zero_carry
+from vdvae_jax.models.heads import (decoder_head, gaussian_head, init_decoder_head, init_gaussian_head,
+                                    init_mlp_block)
+from vdvae_jax.nn.layers import lstm_init, lstm_project, lstm_scan, lstm_step, mlp, zero_carry
 
 __all__ = ["VRNNConfig", "make_vrnn"]
 
@@ -46,12 +47,6 @@ class VRNNConfig(DVAEConfig):
     dense_h_z: tuple[int, ...] = ()
     dim_rnn: int = 128
 
-    def __post_init__(self):
-        super().__post_init__()
-        for name in ("dense_x", "dense_z", "dense_hx_z", "dense_h_z"):
-            if not isinstance(getattr(self, name), tuple):
-                raise TypeError(f"{name} must be a tuple of ints, got {getattr(self, name)!r}")
-
 
 def make_vrnn(config: VRNNConfig = VRNNConfig()) -> DVAE:
     c = config
@@ -62,9 +57,7 @@ def make_vrnn(config: VRNNConfig = VRNNConfig()) -> DVAE:
         params = {}
 
         def block(name, widths, in_dim):
-            if widths:
-                params[name] = MLP(widths, act).init(next(k), jnp.zeros((in_dim,)))["params"]
-            return mlp_out_dim(in_dim, widths)
+            return init_mlp_block(params, next(k), name, widths, in_dim, act)
 
         fx = block("feature_extractor_x", c.dense_x, c.x_dim)
         fz = block("feature_extractor_z", c.dense_z, c.z_dim)

@@ -43,7 +43,6 @@ __all__ = [
     "lstm_project",
     "lstm_step",
     "lstm_scan",
-    "bilstm_scan",
     "zero_carry",
     "rnn_step",
     "rnn_scan",
@@ -205,39 +204,6 @@ def lstm_scan(params, xs: jax.Array, *, reverse: bool = False, carry=None, mask=
 
     _, hs = jax.lax.scan(masked_step, carry, (gates, mask), reverse=reverse)
     return hs
-
-
-def bilstm_scan(p_fwd, p_bwd, xs: jax.Array, *, mask=None) -> tuple[jax.Array, jax.Array]:
-    """Causal and anti-causal LSTM directions over ``xs`` (T, ..., in) in ONE scan.
-
-    Equivalent to ``lstm_scan(p_fwd, xs)`` and ``lstm_scan(p_bwd, xs, reverse=True)`` (same ``mask``
-    semantics) but with the two recurrences stacked on a direction axis, which halves the number of
-    sequential steps. Returns ``(h_fwd, h_bwd)``, both time-aligned (T, ..., H).
-    """
-    gates = jnp.stack([lstm_project(p_fwd, xs), jnp.flip(lstm_project(p_bwd, xs), 0)], axis=1)
-    k_hh = jnp.stack([p_fwd["kernel_hh"], p_bwd["kernel_hh"]])
-    carry = zero_carry(gates.shape[1:-1], k_hh.shape[1])
-
-    def step(c, g):
-        h, cell = c
-        rec = jnp.einsum("d...h,dhk->d...k", h, k_hh)
-        i, f, gg, o = jnp.split(g + rec, 4, axis=-1)
-        cell_new = jax.nn.sigmoid(f) * cell + jax.nn.sigmoid(i) * jnp.tanh(gg)
-        h_new = jax.nn.sigmoid(o) * jnp.tanh(cell_new)
-        return (h_new, cell_new), h_new
-
-    if mask is None:
-        _, hs = jax.lax.scan(step, carry, gates)
-    else:
-        m = jnp.stack([mask, jnp.flip(mask, 0)], axis=1)[..., None]
-
-        def masked_step(c, inputs):
-            g, keep = inputs
-            new, h = step(c, g)
-            return jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, c), h
-
-        _, hs = jax.lax.scan(masked_step, carry, (gates, m))
-    return hs[:, 0], jnp.flip(hs[:, 1], 0)
 
 
 def rnn_step(params, h, gates_x):
