@@ -27,6 +27,12 @@ def _small_vae():
     return model, params
 
 
+def _small_rvae():
+    model = build("rvae", x_dim=12, z_dim=3, dim_rnn_g_x=6, dim_rnn_g_z=5, dim_rnn_h=6)
+    params = model.init(jax.random.key(0), jnp.zeros((4, 12)))
+    return model, params
+
+
 def _power(key, n, f=12):
     return jax.random.exponential(key, (n, f)) * 3.0
 
@@ -95,8 +101,9 @@ def test_trainable_labels_split_rnn_bias():
 # Algorithm properties on a small VAE.
 
 
-def test_padded_masked_equals_unpadded_vae():
-    model, params = _small_vae()
+@pytest.mark.parametrize("make", [_small_vae, _small_rvae], ids=["vae", "rvae"])
+def test_padded_masked_equals_unpadded(make):
+    model, params = make()
     cfg = SEVEMConfig(nmf_rank=3, lr=1e-2, n_samples_estep=2, n_samples_wf=2)
     alg = make_se_vem(model, cfg)
     n, pad, z = 9, 5, model.config.z_dim

@@ -39,11 +39,8 @@ for the scheduled-sampling coin of SRNN_ss (zeros when absent; with ``use_pred =
 **Variable lengths.** ``SEVEMData.mask`` (N,) marks valid frames: masked frames contribute nothing to
 the E-step objective (reconstruction and KL), to the ``W`` update, to the monitoring loss; their
 ``H`` columns and gains are left unchanged and their Wiener gains are 0. Pad at the end with finite
-values (zeros). For the frame-wise VAE a padded + masked utterance gives exactly the unpadded result.
-For recurrent encoders/decoders the *anti-causal* recurrences of the DVAE (RVAE ``rnn_g_x``, DKF
-``rnn_gx``, SRNN ``rnn_g``, the non-causal RVAE decoder) start from the padding, so valid frames see
-it: results differ slightly from the unpadded run unless the model masks its backward scans (the DVAE
-contract does not thread a mask through ``forward`` yet).
+values (zeros). The mask is also passed to the DVAE's ``forward``, whose anti-causal scans then skip
+the padding, so a padded + masked utterance gives the unpadded result for every prior of the zoo.
 
 Reference settings (:data:`VB_SETTINGS`, :data:`WSJ_SETTINGS`) and the defaults of the reference
 ``enhance()`` function the conformance traces use (:data:`ENHANCE_DEFAULTS`) are provided.
@@ -322,13 +319,16 @@ def make_se_vem(model, config: SEVEMConfig = VB_SETTINGS) -> Algorithm:
         params = jax.tree.map(jnp.asarray, params)
         return SEVEMState(params, optimizer(params).init(params), W, H, g, jnp.zeros((), jnp.int32))
 
-    def speech_variance(params, x, eps, coin):
-        """``exp(y)`` and the model outputs for one pass on ``x`` (N, [R,] F)."""
-        out = model.forward(params, x, {"z": eps, "coin": coin}, **mode)
+    def speech_variance(params, x, eps, coin, frame_mask):
+        """``exp(y)`` and the model outputs for one pass on ``x`` (N, [R,] F); ``frame_mask`` (N,)
+        or None keeps padding out of the anti-causal scans."""
+        valid = None if frame_mask is None else jnp.broadcast_to(
+            jnp.asarray(frame_mask, bool).reshape((-1,) + (1,) * (x.ndim - 2)), x.shape[:-1])
+        out = model.forward(params, x, {"z": eps, "coin": coin}, mask=valid, **mode)
         return jnp.exp(out.x_out.logvar), out
 
-    def estep_objective(params, P, eps, coin, WH_t, g, m):
-        vs, out = speech_variance(params, P, eps, coin)
+    def estep_objective(params, P, eps, coin, WH_t, g, m, frame_mask):
+        vs, out = speech_variance(params, P, eps, coin, frame_mask)
         V = g[:, None] * vs + WH_t
         V = jnp.where(m[:, None] > 0, V, 1.0)
         recon = jnp.sum(m[:, None] * (P / V + jnp.log(V)))
@@ -352,7 +352,7 @@ def make_se_vem(model, config: SEVEMConfig = VB_SETTINGS) -> Algorithm:
             params, opt_state = carry
             eps, coin = xs
             (loss, (kl, q, p)), grads = jax.value_and_grad(estep_objective, has_aux=True)(
-                params, P, eps, coin, WH_t, state.g, m)
+                params, P, eps, coin, WH_t, state.g, m, data.mask)
             updates, opt_state = opt.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), (loss, kl, q, p)
 
@@ -363,7 +363,8 @@ def make_se_vem(model, config: SEVEMConfig = VB_SETTINGS) -> Algorithm:
         r = c.n_samples_estep
         m_eps = _draw(noise, "mstep_z", (n, r, z_dim), "normal")
         m_coin = _draw(noise, "mstep_coin", (n, r), "uniform", default=0.0)
-        vs, _ = speech_variance(params, jnp.broadcast_to(P[:, None, :], (n, r, f)), m_eps, m_coin)
+        vs, _ = speech_variance(params, jnp.broadcast_to(P[:, None, :], (n, r, f)), m_eps, m_coin,
+                                data.mask)
 
         W, H, g, loss = m_step(P, vs, state.W, state.H, state.g, data.mask, exponent=c.nmf_exponent)
 
@@ -416,8 +417,9 @@ def wiener_filter(model, config: SEVEMConfig, noise, state: SEVEMState, data: SE
     mode = {"use_pred": c.use_pred} if model.name == "srnn_ss" else {}
     eps = _draw(noise, "z", (n, r, model.config.z_dim), "normal")
     coin = _draw(noise, "coin", (n, r), "uniform", default=0.0)
+    valid = None if data.mask is None else jnp.broadcast_to(jnp.asarray(data.mask, bool)[:, None], (n, r))
     out = model.forward(state.params, jnp.broadcast_to(P[:, None, :], (n, r, f)),
-                        {"z": eps, "coin": coin}, **mode)
+                        {"z": eps, "coin": coin}, mask=valid, **mode)
     vs = jnp.exp(out.x_out.logvar)  # (N, R, F)
     wh = nmf._mm(state.W, state.H).T[:, None, :]  # (N, 1, F)
     svar = state.g[:, None, None] * vs
