@@ -18,8 +18,8 @@ A model is a :class:`DVAE` bundle of pure functions written for one **time-major
 ``x: (T, x_dim)``; they also accept batch axes between time and features, ``x: (T, B, x_dim)``, and
 then run the batch inside each scan step. (``jax.vmap`` over sequences gives the same numbers, but
 vmapping a ``lax.scan`` makes JAX carry per-example gradients of the recurrent weights through the
-backward loop, which measured about 2x slower per train step on CPU; :func:`batch_loss` therefore
-passes the whole batch.) Stochastic functions take a ``noise`` argument that is either a typed PRNG
+backward loop: one LSTM layer, B = 128, T = 50, forward + backward took 0.26 s vmapped vs 0.12 s batched
+on 2 CPU cores; :func:`batch_loss` therefore passes the whole batch.) Stochastic functions take a ``noise`` argument that is either a typed PRNG
 key (``jax.random.key``) or a dict of pre-drawn arrays (``{"z": (T, [B,] z_dim) standard normals,
 ...}``), which is how the conformance vectors inject the reference's noise.
 """
