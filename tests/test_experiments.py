@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-import pytest
+import numpy as np
 
 from conftest import REPO
 
@@ -40,11 +40,19 @@ def test_quickstart_smoke(tmp_path):
     assert set(res["results"]) == {"vae", "rvae", "srnn"}
 
 
-@pytest.mark.parametrize("script", ["bench_train_step.py"])
-def test_benchmarks_smoke(tmp_path, script):
-    out = run([str(REPO / "benchmarks" / script), "--smoke", "--out", str(tmp_path / "b.jsonl")], tmp_path)
+def test_bench_train_step_smoke(tmp_path):
+    out = run([str(REPO / "benchmarks/bench_train_step.py"), "--smoke", "--out", str(tmp_path / "b.jsonl")],
+              tmp_path)
     records = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
     assert records[0]["bench"] == "matmul" and records[0]["flops_per_s"] > 0
     for rec in records[1:]:
         assert rec["compile_s"] > 0 and rec["step_s_min"] > 0 and rec["frames_per_s"] > 0
     assert out
+
+
+def test_bench_vem_smoke(tmp_path):
+    run([str(REPO / "benchmarks/bench_vem.py"), "--smoke", "--out", str(tmp_path / "v.jsonl")], tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
+    rec = records[-1]
+    assert rec["bench"] == "se_vem" and rec["steady_s"] > 0 and rec["rtf"] > 0
+    assert np.isfinite(rec["si_sdr_out"])
