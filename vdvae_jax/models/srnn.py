@@ -40,7 +40,7 @@ from vdvae_jax.models.heads import decoder_head, gaussian_head, init_decoder_hea
 from vdvae_jax.nn.layers import (MLP, lstm_init, lstm_project, lstm_scan, lstm_step, mlp, mlp_out_dim,
                                  zero_carry)
 
-__all__ = ["SRNNConfig", "make_srnn"]
+__all__ = ["SRNNConfig", "make_srnn", "init_srnn_block", "init_h_chain", "init_prior_and_decoder"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,30 +63,45 @@ class SRNNConfig(DVAEConfig):
             raise ValueError(f"prior_on must be 'gen' or 'decoder', got {self.prior_on!r}")
 
 
+def init_srnn_block(params: dict, keys, name: str, widths, in_dim: int, activation: str) -> int:
+    """Add MLP ``name`` when ``widths`` is set, drawing a key from the iterator ``keys`` only then
+    (unlike ``heads.init_mlp_block``, so a seed's initialisation does not depend on empty blocks);
+    returns the block's output size."""
+    if widths:
+        params[name] = MLP(widths, activation).init(next(keys), jnp.zeros((in_dim,)))["params"]
+    return mlp_out_dim(in_dim, widths)
+
+
+def init_h_chain(params: dict, keys, c) -> None:
+    """``mlp_x_h`` and the forward LSTM ``rnn_h`` of the deterministic chain h_t (shared by the SRNN
+    variants)."""
+    h_in = init_srnn_block(params, keys, "mlp_x_h", c.dense_x_h, c.x_dim, c.activation)
+    params["rnn_h"] = {"forward": lstm_init(next(keys), h_in, c.dim_rnn_h)}
+
+
+def init_prior_and_decoder(params: dict, keys, c) -> None:
+    """``mlp_hz_z`` + prior heads and ``mlp_hz_x`` + decoder head, both on ``[h_t, z]`` (shared by the
+    SRNN variants)."""
+    hz = c.dim_rnn_h + c.z_dim
+    prior_in = init_srnn_block(params, keys, "mlp_hz_z", c.dense_hz_z, hz, c.activation)
+    params.update(init_gaussian_head(next(keys), prior_in, c.z_dim, "prior"))
+    decoder_in = init_srnn_block(params, keys, "mlp_hz_x", c.dense_hz_x, hz, c.activation)
+    params.update(init_decoder_head(next(keys), decoder_in, c))
+
+
 def make_srnn(config: SRNNConfig = SRNNConfig()) -> DVAE:
     c = config
     act = c.activation
 
     def init(key, x):
         k = iter(jax.random.split(key, 16))
-        x0 = jnp.zeros((c.x_dim,))
-        params = {"mlp_x_h": MLP(c.dense_x_h, act).init(next(k), x0)["params"]} if c.dense_x_h else {}
-        params["rnn_h"] = {"forward": lstm_init(next(k), mlp_out_dim(c.x_dim, c.dense_x_h), c.dim_rnn_h)}
-        hx = jnp.zeros((c.dim_rnn_h + c.x_dim,))
-        if c.dense_hx_g:
-            params["mlp_hx_g"] = MLP(c.dense_hx_g, act).init(next(k), hx)["params"]
-        params["rnn_g"] = {"backward": lstm_init(next(k), mlp_out_dim(hx.size, c.dense_hx_g), c.dim_rnn_g)}
-        gz = jnp.zeros((c.dim_rnn_g + c.z_dim,))
-        if c.dense_gz_z:
-            params["mlp_gz_z"] = MLP(c.dense_gz_z, act).init(next(k), gz)["params"]
-        params.update(init_gaussian_head(next(k), mlp_out_dim(gz.size, c.dense_gz_z), c.z_dim, "inf"))
-        hz = jnp.zeros((c.dim_rnn_h + c.z_dim,))
-        if c.dense_hz_z:
-            params["mlp_hz_z"] = MLP(c.dense_hz_z, act).init(next(k), hz)["params"]
-        params.update(init_gaussian_head(next(k), mlp_out_dim(hz.size, c.dense_hz_z), c.z_dim, "prior"))
-        if c.dense_hz_x:
-            params["mlp_hz_x"] = MLP(c.dense_hz_x, act).init(next(k), hz)["params"]
-        params.update(init_decoder_head(next(k), mlp_out_dim(hz.size, c.dense_hz_x), c))
+        params = {}
+        init_h_chain(params, k, c)
+        g_in = init_srnn_block(params, k, "mlp_hx_g", c.dense_hx_g, c.dim_rnn_h + c.x_dim, act)
+        params["rnn_g"] = {"backward": lstm_init(next(k), g_in, c.dim_rnn_g)}
+        q_in = init_srnn_block(params, k, "mlp_gz_z", c.dense_gz_z, c.dim_rnn_g + c.z_dim, act)
+        params.update(init_gaussian_head(next(k), q_in, c.z_dim, "inf"))
+        init_prior_and_decoder(params, k, c)
         return params
 
     def h_teacher_forced(params, x):

@@ -47,9 +47,10 @@ import jax.numpy as jnp
 from vdvae_jax.convert import state_dict_to_params
 from vdvae_jax.distributions import Gaussian
 from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, draw_step, noise_array, step_noise
-from vdvae_jax.models.heads import decoder_head, gaussian_head, init_decoder_head, init_gaussian_head
-from vdvae_jax.models.srnn import SRNNConfig, make_srnn
-from vdvae_jax.nn.layers import MLP, lstm_init, lstm_project, lstm_scan, lstm_step, mlp, mlp_out_dim, zero_carry
+from vdvae_jax.models.heads import decoder_head, gaussian_head, init_gaussian_head
+from vdvae_jax.models.srnn import (SRNNConfig, init_h_chain, init_prior_and_decoder, init_srnn_block,
+                                  make_srnn)
+from vdvae_jax.nn.layers import lstm_project, lstm_scan, lstm_step, mlp, zero_carry
 
 __all__ = [
     "MOTSRNNConfig",
@@ -182,20 +183,10 @@ def make_srnn_mot(config: MOTSRNNConfig = MOTSRNNConfig()) -> DVAE:
     def init(key, x):
         k = iter(jax.random.split(key, 8))
         params = {}
-        if c.dense_x_h:
-            params["mlp_x_h"] = MLP(c.dense_x_h, act).init(next(k), jnp.zeros((c.x_dim,)))["params"]
-        params["rnn_h"] = {"forward": lstm_init(next(k), mlp_out_dim(c.x_dim, c.dense_x_h), c.dim_rnn_h)}
-        hxz = jnp.zeros((c.dim_rnn_h + c.x_dim + c.z_dim,))
-        if c.dense_gz_z:
-            params["mlp_gz_z"] = MLP(c.dense_gz_z, act).init(next(k), hxz)["params"]
-        params.update(init_gaussian_head(next(k), mlp_out_dim(hxz.size, c.dense_gz_z), c.z_dim, "inf"))
-        hz = jnp.zeros((c.dim_rnn_h + c.z_dim,))
-        if c.dense_hz_z:
-            params["mlp_hz_z"] = MLP(c.dense_hz_z, act).init(next(k), hz)["params"]
-        params.update(init_gaussian_head(next(k), mlp_out_dim(hz.size, c.dense_hz_z), c.z_dim, "prior"))
-        if c.dense_hz_x:
-            params["mlp_hz_x"] = MLP(c.dense_hz_x, act).init(next(k), hz)["params"]
-        params.update(init_decoder_head(next(k), mlp_out_dim(hz.size, c.dense_hz_x), c))
+        init_h_chain(params, k, c)
+        q_in = init_srnn_block(params, k, "mlp_gz_z", c.dense_gz_z, c.dim_rnn_h + c.x_dim + c.z_dim, act)
+        params.update(init_gaussian_head(next(k), q_in, c.z_dim, "inf"))
+        init_prior_and_decoder(params, k, c)
         return params
 
     def encode(params, x, noise):
