@@ -62,14 +62,25 @@ def other_dir(tmp_path_factory):
     _link_model(SE / "wsj_rvae", root / "dvae_se" / "model_b", rvae)     # no full gradients
     srnn = {k: v for k, v in _vectors("vb_srnn").items() if not k.startswith(("tf/", "gen/"))}
     _link_model(SE / "vb_srnn", root / "dvae_se" / "zz_plain_only", srnn)  # only the plain mode
+    # Other shapes: the frame-wise VAE's per-frame arrays cut to an odd length T=7 and batch 1, and
+    # the RVAE's per-sequence arrays cut to batch 1 (losses and gradients, which sum over the cut
+    # axes, dropped): the checker must read every shape from the files.
+    vae = {k: v[:7, 1:] for k, v in _vectors("wsj_vae").items() if k.split("/")[-1] in _PER_FRAME}
+    _link_model(SE / "wsj_vae", root / "dvae_se" / "odd_t7_b1", vae)
+    rvae_b1 = {k: v[:, :1] for k, v in _vectors("vb_rvae").items() if np.ndim(v) == 3}
+    _link_model(SE / "vb_rvae", root / "dvae_se" / "rvae_b1", rvae_b1)
     return root
+
+
+_PER_FRAME = {"x", "eps_z", "y_logvar", "z", "z_mean", "z_logvar", "z_mean_p", "z_logvar_p"}
 
 
 @needs_shared
 def test_other_directory_layout_passes(other_dir):
     results = reference.check_directory(other_dir)
     assert [(r.model, r.mode) for r in results] == [
-        ("model_b", "train"), ("some_srnn", "train"), ("zz_plain_only", "plain")]
+        ("model_b", "train"), ("odd_t7_b1", "train"), ("rvae_b1", "train"), ("some_srnn", "train"),
+        ("zz_plain_only", "plain")]
     assert all(r.passed for r in results), [reference.format_line(r) for r in results]
     assert reference.main(["check", str(other_dir)]) == 0
 

@@ -53,6 +53,26 @@ def test_reference_trace(tag):
     assert {"it0", "it1", "it2", "wiener", "mstep"} <= modes
 
 
+
+@pytest.mark.skipif(not (SE_VEM / "vb_vae.npz").is_file(), reason="shared reference data not found")
+def test_first_adam_step_amplifies_rounding():
+    """The evidence behind the post-Adam tier: the VAE trace, whose float32 order of operations is
+    torch's, matches the reference to 1e-4 while our own float64 run lands tens of percent away;
+    and a float32 model under ``jax_enable_x64`` stays float32 (a default-dtype zero carry once
+    promoted the recurrent models to float64 silently and hid this)."""
+    from vdvae_jax.inference.se_vem_check import run_trace
+
+    ours32, ref = run_trace(SE_VEM, "vae")
+    with jax.enable_x64(True):
+        ours64, _ = run_trace(SE_VEM, "vae", dtype=jnp.float64)
+        promoted, _ = run_trace(SE_VEM, "vae", dtype=jnp.float32)
+    key = "it0/Vs_after_E"
+    scale = np.abs(ref[key]).max()
+    assert np.abs(ours32[key] - ref[key]).max() / scale < 1e-4
+    assert np.abs(ours64[key] - ref[key]).max() / scale > 0.1
+    assert promoted[key].dtype == np.float32
+    assert np.abs(promoted[key] - ref[key]).max() / scale < 1e-4
+
 # ------------------------------------------------------------------------------------------------
 # NMF
 

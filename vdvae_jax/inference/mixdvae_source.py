@@ -174,7 +174,7 @@ def mot_source_update(params, config, x_init, eta, phi_inv, obs, frame0, noise, 
         m = var * (eo_t + mean * prec_dec)
         return (state, m), (m, var, mean, logvar, h_t)
 
-    carry0 = (zero_carry(batch, c.dim_rnn_h), frame0)
+    carry0 = (zero_carry(batch, c.dim_rnn_h, frame0.dtype), frame0)
     _, (m, var, mean, logvar, h_dec) = jax.lax.scan(step, carry0, (z, lam_obs, eta_obs, first))
     dec = Gaussian(mean, logvar)
     p = prior_from_h(params, c, z, h_dec)
@@ -240,7 +240,7 @@ def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
         power = re * re + im * im
         return (state, jax.lax.stop_gradient(power)), (v_theta, v_phi, mu, jax.lax.complex(re, im), power, h_t)
 
-    carry0 = (zero_carry(shape[:-1], c.dim_rnn_h), x0)
+    carry0 = (zero_carry(shape[:-1], c.dim_rnn_h, x0.dtype), x0)
     _, (v_theta, v_phi, mu, s, power, h_dec) = jax.lax.scan(
         step, carry0, (z, eta, v_theta_x, mix, u_re, u_im))
     p = prior_from_h(params, c, z, h_dec)

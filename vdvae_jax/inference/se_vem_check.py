@@ -9,21 +9,30 @@ re-sampling, ``wf_eps`` into the Wiener filter. Per iteration it compares the E-
 statistics, ``Vs_after_E`` (iteration 0), ``H``, ``g``, ``W`` (where recorded) and the monitoring loss;
 then the Wiener gain ``WFs``, the speech variance ``Vs_wf`` and ``loss_returned``.
 
-Tolerance: ``|ours - ref| <= rtol * max|ref|`` per array, in tiers:
+Tolerance: ``|ours - ref| <= rtol * max|ref|`` per array, in two tiers:
 
 * :data:`RTOL` (1e-4) for everything of the frame-wise VAE, for the E-step statistics of iteration 0 of
   every model (before any Adam step), and for mode ``mstep``: the M-step of iteration 0 run from the
   recorded ``Vs_after_E`` and the recorded init (checks W, H, normalisation, g and the loss exactly).
-* :data:`POST_ADAM_RTOL` for the recurrent models after the first Adam step: an **unexplained gap**,
-  not a tolerance we can justify. The VAE reproduces at 1e-5; for DKF/RVAE/SRNN our result reproduces
-  the iteration-0 update of ``log Vs`` (5-15 nats per frame) to 0.15-0.4 % in L2 norm, while isolated
-  time-frequency bins differ by up to a few 10 %. It is not float32 rounding: our own float32 and
-  float64 runs of the RVAE and SRNN traces agree to ~1e-6 and are equally far from the reference
-  (whereas the VAE trace *is* rounding-sensitive: our float64 run is 46 % away from both). The first
-  Adam step is ``lr * g / (|g| + 1e-8)``, so a systematic difference in the sign of small gradient
-  entries of the recurrent encoders would explain it; the training-loss gradients of the same models
-  match the reference to 1e-5 *relative to each tensor's largest entry*, which does not rule that out.
-  Lines of these checks carry their bound.
+* After the first Adam step of the recurrent models (DKF, RVAE, SRNN), **the algorithm's own float32
+  rounding sensitivity**, measured at check time: we run the trace a second time in float64 and allow
+  ``max(RTOL, FLOOR_FACTOR * |ours32 - ours64| / max|ref|)`` per array.
+
+Why the second tier. The first Adam step moves every parameter by ``lr * g / (|g| + 1e-8)``, i.e. by
+about ``±lr`` whatever the size of ``g``. The encoders read the raw power spectrogram (entries up to
+~1e3), so many gates of their input layers saturate and the gradients of those weights are sums of
+tiny, cancelling terms whose *sign* float32 rounding decides: between our own float32 and float64
+runs, 4,600 entries of the RVAE's ``rnn_g_x`` and 1,700 of the VAE's ``mlp_x_z`` get Adam steps that
+differ by more than ``lr / 2``. The outputs after that step therefore depend on the exact order of
+floating-point operations: our float32 and float64 runs differ by 57 % (VAE ``Vs_after_E``), 5-10 %
+(DKF/RVAE/SRNN ``Vs_after_E``), 15-27 % (``WFs``). The VAE's float32 order of operations is the same
+as torch's, and it reproduces the reference to 3e-6; the recurrent models sum over time and gates in
+another order than torch's fused LSTM, so they land elsewhere within that spread: the reference is
+0.6-2.2 times as far from our float32 run as our float64 run is (worst: DKF ``it2/W``; scalar losses
+stay under RTOL). Two independent roundings sit about sqrt(2) times the spread apart, hence
+:data:`FLOOR_FACTOR` = 3. (Before an Adam step, every model matches at 1e-4: the pre-Adam E-step
+statistics of iteration 0 are held to the exact tier.) ``run_trace(..., dtype=jnp.float64)`` under
+``jax.enable_x64(True)`` reproduces the float64 run.
 """
 
 from __future__ import annotations
@@ -39,15 +48,13 @@ from vdvae_jax.conformance import CheckResult, compare_arrays, summarise
 from vdvae_jax.convert import state_dict_to_params
 from vdvae_jax.inference.se_vem import SEVEMConfig, SEVEMData, m_step, make_se_vem, wiener_filter
 
-__all__ = ["RTOL", "POST_ADAM_RTOL", "MODELS", "build_from_model_json", "check_se_vem_dir", "main"]
+__all__ = ["RTOL", "FLOOR_FACTOR", "MODELS", "build_from_model_json", "check_se_vem_dir", "main"]
 
 #: Scale-relative tolerance of the exact tier (measured worst: 7.7e-5, VAE ``Vs_wf``).
 RTOL = 1e-4
 
-#: Scale-relative bounds after the first Adam step for the recurrent models: about 1.5x the measured
-#: worst error over all arrays (CPU, jax 0.7/XLA vs torch 2.13 CPU): DKF 0.27 (Vs_wf), RVAE 0.053
-#: (WFs), SRNN 0.16 (Vs_wf).
-POST_ADAM_RTOL = {"vae": RTOL, "dkf": 0.4, "rvae": 0.08, "srnn": 0.25}
+#: Post-Adam tolerance of the recurrent models, in units of our own float32-vs-float64 spread.
+FLOOR_FACTOR = 3.0
 
 MODELS = ("vae", "dkf", "rvae", "srnn")
 
@@ -178,20 +185,26 @@ def check_se_vem_dir(path, *, rtol: float = RTOL, models=MODELS) -> list[CheckRe
             results.append(CheckResult(f"se_vem/vb_{tag}", "-", 0, 0.0, 0.0, "-", False,
                                        (f"skipped: model not implemented ({err})",)))
             continue
+        if tag != "vae":
+            with jax.enable_x64(True):
+                ours64, _ = run_trace(path, tag, dtype=jnp.float64)
         groups: dict[str, list] = {}
         for key in ref.files:
             if key in ("W_init", "H_init", "g_init", "niter") or key.endswith("_eps"):
                 continue
             mode = key.split("/")[0] if key.startswith("it") else "wiener"
-            exact = tag == "vae" or (key.startswith("it0/estep_"))
-            tol = rtol if exact else max(rtol, POST_ADAM_RTOL[tag])
+            tol = rtol
+            if not (tag == "vae" or key.startswith("it0/estep_")):
+                scale = max(float(np.max(np.abs(ref[key]))), 1e-12)
+                floor = float(np.max(np.abs(ours[key] - ours64[key]))) / scale
+                tol = max(rtol, FLOOR_FACTOR * floor)
             groups.setdefault(mode, []).append(compare_arrays(key, ours[key], ref[key], rtol=tol))
         for name in ("W", "H", "g", "loss"):
             groups.setdefault("mstep", []).append(
                 compare_arrays(f"mstep/{name}", ours[f"mstep/{name}"], ref[f"it0/{name}"], rtol=rtol))
-        loose = "" if POST_ADAM_RTOL[tag] <= rtol else (
-            f"after the first Adam step: unexplained gap, held to rtol={POST_ADAM_RTOL[tag]} not {rtol}")
-        results += [summarise(f"se_vem/vb_{tag}", mode, errs, note="" if mode == "mstep" else loose)
+        note = "" if tag == "vae" else (f"after the first Adam step: within {FLOOR_FACTOR:g}x our own "
+                                        "float32-vs-float64 spread (Adam amplifies rounding)")
+        results += [summarise(f"se_vem/vb_{tag}", mode, errs, note="" if mode == "mstep" else note)
                     for mode, errs in groups.items()]
     return results
 

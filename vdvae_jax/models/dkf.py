@@ -107,7 +107,7 @@ def make_dkf(config: DKFConfig = DKFConfig()) -> DVAE:
             z_t = q_t.sample(draw_step(noise_t, batch + (c.z_dim,)))
             return z_t, (z_t, q_t)
 
-        z0 = jnp.zeros(batch + (c.z_dim,))
+        z0 = jnp.zeros(batch + (c.z_dim,), x.dtype)
         _, (z, q) = jax.lax.scan(step, z0, (g_sum, step_noise(noise, "z", x.shape[0])))
         # torch order of a bidirectional output over the flipped input: [l0 (backward), l0_reverse]
         rnn_out = jnp.concatenate([g[d] for d in dirs], axis=-1)

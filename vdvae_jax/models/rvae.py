@@ -105,7 +105,7 @@ def make_rvae(config: RVAEConfig = RVAEConfig()) -> DVAE:
             z_t = q_t.sample(draw_step(noise_t, batch + (c.z_dim,)))
             return (state, z_t), (z_t, q_t, g_z_t)
 
-        carry0 = (zero_carry(batch, c.dim_rnn_g_z), jnp.zeros(batch + (c.z_dim,)))
+        carry0 = (zero_carry(batch, c.dim_rnn_g_z, x.dtype), jnp.zeros(batch + (c.z_dim,), x.dtype))
         _, (z, q, g_z) = jax.lax.scan(step, carry0, (g_x, step_noise(noise, "z", x.shape[0])))
         return z, q, {"rnn_g_x": g_x, "rnn_g_z": g_z}
 

@@ -121,7 +121,7 @@ def make_srnn(config: SRNNConfig = SRNNConfig()) -> DVAE:
             z_t = q_t.sample(draw_step(noise_t, x.shape[1:-1] + (c.z_dim,)))
             return z_t, (z_t, q_t)
 
-        z0 = jnp.zeros(x.shape[1:-1] + (c.z_dim,))
+        z0 = jnp.zeros(x.shape[1:-1] + (c.z_dim,), h.dtype)
         _, (z, q) = jax.lax.scan(step, z0, (g, step_noise(noise, "z", x.shape[0])))
         return z, q, g
 
@@ -157,7 +157,7 @@ def make_srnn(config: SRNNConfig = SRNNConfig()) -> DVAE:
                 x_next = jnp.exp(out_t.logvar)
             return (state, jax.lax.stop_gradient(x_next)), (out_t, h_gen_t, h_t)
 
-        carry0 = (zero_carry(batch, c.dim_rnn_h), jnp.zeros(batch + (c.x_dim,)))
+        carry0 = (zero_carry(batch, c.dim_rnn_h, h_tf.dtype), jnp.zeros(batch + (c.x_dim,), h_tf.dtype))
         _, (x_out, h_gen, h_used) = jax.lax.scan(step, carry0, (z, h_tf, coin, x_noise))
         return x_out, h_gen, h_used
 

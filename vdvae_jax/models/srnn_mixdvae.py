@@ -146,7 +146,7 @@ def _mot_encode_from_h(params, config, x, h, noise):
         z_t = q_t.sample(draw_step(noise_t, x.shape[1:-1] + (c.z_dim,)))
         return z_t, (z_t, q_t)
 
-    z0 = jnp.zeros(x.shape[1:-1] + (c.z_dim,))
+    z0 = jnp.zeros(x.shape[1:-1] + (c.z_dim,), h.dtype)
     _, (z, q) = jax.lax.scan(step, z0, (h, x, step_noise(noise, "z", x.shape[0])))
     return z, q
 
@@ -212,7 +212,7 @@ def make_srnn_mot(config: MOTSRNNConfig = MOTSRNNConfig()) -> DVAE:
             x_next = out_t.sample(draw_step(eps_t, batch + (c.x_dim,)))
             return (state, jax.lax.stop_gradient(x_next)), (out_t, h_gen_t, h_t)
 
-        carry0 = (zero_carry(batch, c.dim_rnn_h), jnp.zeros(batch + (c.x_dim,)))
+        carry0 = (zero_carry(batch, c.dim_rnn_h, h_tf.dtype), jnp.zeros(batch + (c.x_dim,), h_tf.dtype))
         xs = (z, h_tf, coin, step_noise(noise, "x", z.shape[0]))
         _, (x_out, h_gen, h_used) = jax.lax.scan(step, carry0, xs)
         return x_out, h_gen, h_used

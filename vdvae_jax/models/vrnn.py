@@ -87,7 +87,7 @@ def make_vrnn(config: VRNNConfig = VRNNConfig()) -> DVAE:
             state, _ = lstm_step(p_rnn, state, lstm_project(p_rnn, jnp.concatenate([fx_t, phi_z(params, z_t)], -1)))
             return state, (z_t, q_t, h_t)
 
-        _, (z, q, h) = jax.lax.scan(step, zero_carry(batch, c.dim_rnn), (fx, step_noise(noise, "z", x.shape[0])))
+        _, (z, q, h) = jax.lax.scan(step, zero_carry(batch, c.dim_rnn, fx.dtype), (fx, step_noise(noise, "z", x.shape[0])))
         return z, q, h
 
     def encode(params, x, noise):
@@ -98,7 +98,7 @@ def make_vrnn(config: VRNNConfig = VRNNConfig()) -> DVAE:
         """h_t (state before step t) from the ground-truth x and the given z, in one scan."""
         inp = jnp.concatenate([phi_x(params, x), phi_z(params, z)], axis=-1)
         h_next = lstm_scan(params["rnn"]["forward"], inp[:-1])  # h_{t+1} after consuming step t
-        return jnp.concatenate([jnp.zeros(z.shape[1:-1] + (c.dim_rnn,))[None], h_next], axis=0)
+        return jnp.concatenate([jnp.zeros(z.shape[1:-1] + (c.dim_rnn,), h_next.dtype)[None], h_next], axis=0)
 
     def decode_from_h(params, z, h):
         u = mlp(params.get("mlp_hz_x"), jnp.concatenate([phi_z(params, z), h], axis=-1), c.dense_hz_x, act)

@@ -172,9 +172,10 @@ def lstm_step(params, carry, gates_x: jax.Array):
     return (h, c), h
 
 
-def zero_carry(batch_shape: tuple, hidden: int):
-    """Zero LSTM state ``(h, c)`` for the given batch shape."""
-    return jnp.zeros(batch_shape + (hidden,)), jnp.zeros(batch_shape + (hidden,))
+def zero_carry(batch_shape: tuple, hidden: int, dtype=jnp.float32):
+    """Zero LSTM state ``(h, c)`` for the given batch shape, in ``dtype`` (pass the data's dtype:
+    a default-dtype carry would silently promote float32 models to float64 under ``jax_enable_x64``)."""
+    return jnp.zeros(batch_shape + (hidden,), dtype), jnp.zeros(batch_shape + (hidden,), dtype)
 
 
 def lstm_scan(params, xs: jax.Array, *, reverse: bool = False, carry=None, mask=None) -> jax.Array:
@@ -189,9 +190,9 @@ def lstm_scan(params, xs: jax.Array, *, reverse: bool = False, carry=None, mask=
     padding at the end of a sequence does not reach the valid frames of an anti-causal scan.
     """
     hidden = params["kernel_hh"].shape[0]
-    if carry is None:
-        carry = zero_carry(xs.shape[1:-1], hidden)
     gates = lstm_project(params, xs)
+    if carry is None:
+        carry = zero_carry(xs.shape[1:-1], hidden, gates.dtype)
     if mask is None:
         _, hs = jax.lax.scan(lambda c, g: lstm_step(params, c, g), carry, gates, reverse=reverse)
         return hs
@@ -215,6 +216,6 @@ def rnn_scan(params, xs: jax.Array, *, reverse: bool = False) -> jax.Array:
     """Vanilla tanh RNN over time-major ``xs`` (T, ..., in) -> (T, ..., H)."""
     hidden = params["kernel_hh"].shape[0]
     gates = xs @ params["kernel_ih"] + params["bias"]
-    _, hs = jax.lax.scan(lambda h, g: rnn_step(params, h, g), jnp.zeros(xs.shape[1:-1] + (hidden,)), gates,
+    _, hs = jax.lax.scan(lambda h, g: rnn_step(params, h, g), jnp.zeros(xs.shape[1:-1] + (hidden,), gates.dtype), gates,
                          reverse=reverse)
     return hs
