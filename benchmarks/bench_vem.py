@@ -3,12 +3,33 @@
     python benchmarks/bench_vem.py                         # VoiceBank VAE, DKF, RVAE, SRNN priors
     python benchmarks/bench_vem.py --priors vb_rvae --config enhance-defaults --niter 200
     python benchmarks/bench_vem.py --smoke                 # tiny random prior, for the test suite
+    python benchmarks/bench_vem.py --priors vb_rvae --config enhance-defaults --niter 10 --batch 64
 
 The utterance is the 4-s clip of ``../shared/reference/inputs/audio.npz``: its speech plus its noise at
 ``--snr`` dB. Reports compile seconds (first call minus a steady call), steady-state seconds, seconds per
 VEM iteration, the real-time factor (processing time / audio duration) and SI-SDR of the noisy input and
 of the output. Reference PyTorch RTF on this machine (4-s utterance, 200 iterations, K = 25): RVAE 42.6,
-SRNN 16.4, DKF 8.4, VAE 1.4. Batched enhancement is not measured yet.
+SRNN 16.4, DKF 8.4, VAE 1.4.
+
+Batched mode (``--batch U [U ...]``, default 64; ``--batch 0`` turns it off): U noisy versions of the
+clip (its noise circularly shifted per utterance) go through
+:func:`vdvae_jax.inference.se_vem_batch.enhance_stft_batch` as one compiled program (``--chunk``:
+utterances vmapped together, ``auto`` = the library default, ``all``, or numbers; one record each).
+Each ``se_vem_batch`` record has compile seconds (lowering + XLA compilation), steady seconds of one
+call, seconds per VEM iteration (steady / n_iter, init and Wiener filter included), the RTF (steady /
+audio seconds of all U utterances) and its extrapolation to ``--target-niter`` iterations (default: the
+preset's n_iter), and FLOP/s against the float32 matmul FLOP/s measured in the same process
+(``bench: matmul`` record):
+
+* ``dot_flops``: FLOPs of every matrix product of the program, counted on its jaxpr with scan lengths
+  multiplied in (dead code removed first, as XLA does); ``achieved_flops_per_s`` = dot_flops / steady.
+* ``dot_flops_in_frame_loops``: the part of dot_flops executed inside the scans over frames (the
+  recurrent matrix-vector products and their gradients; the rest are whole-sequence products).
+* ``xla_flops``: XLA's ``compiled.cost_analysis()["flops"]`` as returned. In jax 0.12 on CPU it counts
+  a while loop's body once, whatever its trip count, so for a scan over iterations and frames it is
+  far below the executed count; it is reported for reference only.
+
+Use a small ``--niter`` (e.g. 10) and read ``rtf_target`` for the 200-iteration estimate.
 """
 
 from __future__ import annotations
@@ -25,8 +46,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import emit, environment  # noqa: E402
-from vdvae_jax.enhance import PRESETS, enhance, load_prior  # noqa: E402
+from common import emit, environment, matmul_flops_per_s, xla_flops  # noqa: E402
+from vdvae_jax.data.stft import stft_librosa  # noqa: E402
+from vdvae_jax.enhance import PRESETS, STFT, enhance, load_prior  # noqa: E402
+from vdvae_jax.inference import se_vem_batch  # noqa: E402
 from vdvae_jax.metrics import si_sdr  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -45,6 +68,104 @@ def clip(snr_db: float, smoke: bool):
     return speech, (speech + noise).astype(np.float32)
 
 
+def dot_flops(fn, *args, frames: int | None = None) -> tuple[float, float]:
+    """FLOPs of the matrix products of ``fn(*args)``: 2 x output size x contracted size for every
+    ``dot_general`` of its jaxpr, times the length of each enclosing scan (while loops of unknown trip
+    count and cond branches are counted once / at their largest). Unused computations (e.g. gradients
+    of frozen layers) are removed first by JAX's dead-code elimination.
+
+    Returns ``(total, in_frame_loops)``: the second part is executed inside scans of length
+    ``frames`` (the per-frame recurrent products), the rest are whole-sequence products."""
+    closed = jax.make_jaxpr(fn)(*args)
+    jaxpr = closed.jaxpr
+    try:
+        from jax._src.interpreters import partial_eval as pe
+
+        jaxpr, _ = pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
+    except Exception:  # private API: count without DCE if it moved
+        pass
+
+    def sub_jaxprs(value):
+        vals = value if isinstance(value, (tuple, list)) else (value,)
+        for v in vals:
+            if hasattr(v, "eqns"):
+                yield v
+            elif hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):
+                yield v.jaxpr
+
+    def count(jx, in_frames: bool) -> np.ndarray:
+        total = np.zeros(2)  # (all, inside frame loops)
+        for eqn in jx.eqns:
+            name = eqn.primitive.name
+            if name == "dot_general":
+                (lc, _), _ = eqn.params["dimension_numbers"]
+                lhs = eqn.invars[0].aval.shape
+                f = 2.0 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in lc])
+                total += (f, f if in_frames else 0.0)
+            elif name == "scan":
+                length = eqn.params["length"]
+                total += length * count(eqn.params["jaxpr"].jaxpr, in_frames or length == frames)
+            elif name == "cond":
+                total += max((count(b.jaxpr, in_frames) for b in eqn.params["branches"]),
+                             key=lambda c: c[0])
+            else:
+                for value in eqn.params.values():
+                    for sub in sub_jaxprs(value):
+                        total += count(sub, in_frames)
+        return total
+
+    total, in_frames = count(jaxpr, False)
+    return float(total), float(in_frames)
+
+
+def noisy_batch(speech, noise, snr_db: float, n_utts: int):
+    """``n_utts`` mixtures of the clip (noise circularly shifted per utterance), pre-processed as
+    :func:`vdvae_jax.enhance.enhance`: (U, N, F) padded STFTs, (U, N) masks, total audio seconds."""
+    scale = np.sqrt(np.sum(speech**2) / np.sum(noise**2)) * 10 ** (-snr_db / 20)
+    stfts = []
+    for u in range(n_utts):
+        x = speech + scale * np.roll(noise, u * len(noise) // max(n_utts, 1))
+        stfts.append(stft_librosa((x / np.max(np.abs(x))).astype(np.float32), STFT))
+    n = stfts[0].shape[0]
+    n_pad = -(-n // 64) * 64
+    X = np.zeros((n_utts, n_pad, stfts[0].shape[1]), np.complex64)
+    X[:, :n] = np.stack(stfts)
+    mask = np.broadcast_to(np.arange(n_pad) < n, (n_utts, n_pad))
+    return jnp.asarray(X), jnp.asarray(mask), n_utts * len(speech) / STFT.sr
+
+
+def bench_batch(tag, prior, config, n_utts, chunk, speech, noise, args, matmul, target_niter):
+    model, params = prior
+    X, mask, audio_s = noisy_batch(speech, noise, args.snr, n_utts)
+    keys = jax.random.split(jax.random.key(0), n_utts)
+    chunk = {"auto": "auto", "all": None}.get(chunk, chunk)
+    chunk = se_vem_batch.resolve_chunk(chunk if chunk in ("auto", None) else int(chunk))
+    runner = se_vem_batch._runner(model, config, chunk)
+    t0 = time.perf_counter()
+    compiled = runner.lower(params, X, mask, keys).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(params, X, mask, keys))  # warm-up
+    times = []
+    for r in range(args.repeat):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(params, X, mask, jax.random.split(jax.random.key(r + 1), n_utts)))
+        times.append(time.perf_counter() - t0)
+    steady = min(times)
+    flops, frame_loop_flops = dot_flops(se_vem_batch.batch_fn(model, config, chunk), params, X, mask,
+                                        keys, frames=int(X.shape[1]))
+    achieved = flops / steady
+    s_iter = steady / config.n_iter
+    return {"bench": "se_vem_batch", "prior": tag, "config": args.config, "n_iter": config.n_iter,
+            "nmf_rank": config.nmf_rank, "batch": n_utts, "chunk": chunk or n_utts,
+            "frames": int(X.shape[1]),
+            "audio_s": audio_s, "compile_s": compile_s, "steady_s": steady, "s_per_iter": s_iter,
+            "rtf": steady / audio_s, "target_niter": target_niter,
+            "rtf_target": s_iter * target_niter / audio_s, "dot_flops": flops,
+            "dot_flops_in_frame_loops": frame_loop_flops,
+            "xla_flops": xla_flops(compiled), "achieved_flops_per_s": achieved,
+            "matmul_flops_per_s": matmul, "fraction_of_matmul": achieved / matmul}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--priors", nargs="+", default=["vb_vae", "vb_dkf", "vb_rvae", "vb_srnn"])
@@ -53,13 +174,33 @@ def main(argv=None):
     ap.add_argument("--snr", type=float, default=5.0)
     ap.add_argument("--out", default=None)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--batch", type=int, nargs="+", default=[64],
+                    help="batched mode with these numbers of utterances (0: off)")
+    ap.add_argument("--no-single", action="store_true", help="skip the single-utterance records")
+    ap.add_argument("--target-niter", type=int, default=None,
+                    help="iterations for rtf_target (default: the preset's n_iter)")
+    ap.add_argument("--chunk", nargs="+", default=["auto"],
+                    help="utterances vmapped together in batched mode: auto, all, or ints (one record each)")
+    ap.add_argument("--repeat", type=int, default=1, help="steady batched calls timed (min is kept)")
     args = ap.parse_args(argv)
     config = PRESETS[args.config]
+    vem = getattr(config, "vem", config)  # EnhanceConfig wraps an SEVEMConfig
+    target_niter = args.target_niter or vem.n_iter
+    batches = [b for b in ([2] if args.smoke else args.batch) if b > 0]
+    if batches and vem is not config:
+        print(f"batched mode runs SEVEMConfig presets only; skipped for --config {args.config}",
+              file=sys.stderr)
+        batches = []
     if args.niter or args.smoke:
-        config = dataclasses.replace(config, n_iter=3 if args.smoke else args.niter)
+        vem = dataclasses.replace(vem, n_iter=3 if args.smoke else args.niter)
+        config = dataclasses.replace(config, vem=vem) if hasattr(config, "vem") else vem
     speech, noisy = clip(args.snr, args.smoke)
     seconds = len(noisy) / 16000
     emit({"bench": "env", **environment()}, args.out)
+    matmul = None
+    if batches:
+        matmul = matmul_flops_per_s(256 if args.smoke else 2048)
+        emit({"bench": "matmul", "flops_per_s": matmul}, args.out)
     for tag in ["random_vae"] if args.smoke else args.priors:
         if args.smoke:
             from vdvae_jax import models
@@ -67,15 +208,27 @@ def main(argv=None):
             prior = (model, model.init(jax.random.key(0), jnp.ones((2, 513))))
         else:
             prior = load_prior(SHARED / "checkpoints/dvae_se" / tag)
+        if args.smoke:
+            speech_b, noise_b = speech, noisy - speech
+        else:
+            audio = np.load(SHARED / "inputs/audio.npz")
+            speech_b, noise_b = audio["speech"], audio["noise"]
+        for n_utts in batches:
+            for chunk in args.chunk:
+                emit(bench_batch(tag, prior, config, n_utts, chunk, speech_b, noise_b, args, matmul,
+                                 target_niter), args.out)
+        if args.no_single:
+            continue
         t0 = time.perf_counter()
         enhance(noisy, 16000, prior, config=config)
         first = time.perf_counter() - t0
         t0 = time.perf_counter()
         out = enhance(noisy, 16000, prior, config=config, key=jax.random.key(1))
         steady = time.perf_counter() - t0
-        emit({"bench": "se_vem", "prior": tag, "config": args.config, "n_iter": config.n_iter,
-              "nmf_rank": config.nmf_rank, "audio_s": seconds, "compile_s": first - steady,
-              "steady_s": steady, "s_per_iter": steady / config.n_iter, "rtf": steady / seconds,
+        emit({"bench": "se_vem", "prior": tag, "config": args.config, "n_iter": vem.n_iter,
+              "nmf_rank": vem.nmf_rank, "audio_s": seconds, "compile_s": first - steady,
+              "steady_s": steady, "s_per_iter": steady / vem.n_iter, "rtf": steady / seconds,
+              "target_niter": target_niter, "rtf_target": steady / vem.n_iter * target_niter / seconds,
               "si_sdr_in": float(si_sdr(jnp.asarray(speech), jnp.asarray(noisy))),
               "si_sdr_out": float(si_sdr(jnp.asarray(speech), jnp.asarray(out)))}, args.out)
 

@@ -69,3 +69,145 @@ def test_enhance_api_errors():
         enhance(np.ones(4000), 8000, prior)
     with pytest.raises(AudioError, match="NaN"):
         enhance(np.full(4000, np.nan), 16000, prior)
+
+
+# ---------------------------------------------------------------------------------- bad input
+def _small_prior(**kw):
+    import jax
+    import jax.numpy as jnp
+
+    from vdvae_jax import models
+
+    model = models.build("vae", **{"z_dim": 2, "dense_x_z": (8,), **kw})
+    return model, model.init(jax.random.key(0), jnp.ones((2, 513)))
+
+
+def test_prior_mismatch_and_corrupt_files_are_named(tmp_path):
+    from vdvae_jax.enhance import PriorError, load_prior
+    from vdvae_jax.models.io import save_model
+
+    small, big = _small_prior(), _small_prior(dense_x_z=(16,))
+    save_model(tmp_path / "ok.npz", *small)
+    assert load_prior(tmp_path / "ok.npz")[0].config.dense_x_z == (8,)
+    save_model(tmp_path / "mismatch.npz", small[0], big[1])  # config of one, weights of the other
+    with pytest.raises(PriorError, match=r"mismatch.npz: weights do not match the vae architecture.*"
+                                         r"parameter \['\w+'\]\['\w+'\]: weights \(\d+,( \d+)?\) vs "
+                                         r"architecture \(\d+,( \d+)?\)"):
+        load_prior(tmp_path / "mismatch.npz")
+    with pytest.raises(PriorError, match="weights do not match"):
+        load_prior((small[0], big[1]))
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(PriorError, match="corrupt.npz: corrupt or unreadable"):
+        load_prior(tmp_path / "corrupt.npz")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_prior(tmp_path / "absent.npz")
+
+
+def test_published_prior_mismatch_and_corrupt_checkpoint(tmp_path, shared_dir):
+    from vdvae_jax.enhance import PriorError, load_prior
+
+    src = shared_dir / "reference/checkpoints/dvae_se/vb_vae"
+    bad = tmp_path / "bad_arch"
+    bad.mkdir()
+    (bad / "config.ini").write_text((src / "config.ini").read_text().replace("dense_x_z = 128",
+                                                                            "dense_x_z = 64"))
+    (bad / "VAE_final_epoch287.pt").symlink_to(src / "VAE_final_epoch287.pt")
+    with pytest.raises(PriorError, match=r"mlp_x_z.*\(513, 128\).*\(513, 64\)"):
+        load_prior(bad)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.ini").write_text((src / "config.ini").read_text())
+    (broken / "VAE.pt").write_bytes((src / "VAE_final_epoch287.pt").read_bytes()[:5000])
+    with pytest.raises(PriorError, match="cannot read the prior"):
+        load_prior(broken)
+
+
+def test_default_config_reduces_to_reference_and_bounds_the_gain():
+    import jax
+
+    from vdvae_jax.enhance import EnhanceConfig, enhance, smoothing_matrix
+    from vdvae_jax.inference.se_vem import SEVEMConfig
+
+    prior = _small_prior()
+    x = (0.3 * np.random.default_rng(0).standard_normal(5000)).astype(np.float32)
+    cfg = SEVEMConfig(n_iter=3, nmf_rank=3, lr=1e-2)
+    ref = enhance(x, 16000, prior, config=cfg, bucket=16)
+    same = enhance(x, 16000, prior, config=EnhanceConfig(vem=cfg), bucket=16)
+    np.testing.assert_allclose(same, ref, rtol=1e-5, atol=1e-6)
+    safe = EnhanceConfig(vem=cfg, noise_smooth_frames=5, noise_smooth_bins=3, gain_floor=0.5)
+    speech, noise = enhance(x, 16000, prior, config=safe, bucket=16, return_noise=True,
+                            key=jax.random.key(3))
+    assert np.isfinite(speech).all() and np.isfinite(noise).all()
+    # gain floor 0.5: the speech estimate keeps at least half of the mixture, noise at most half
+    assert np.sum(speech**2) >= np.sum(noise**2) * 0.99
+    C = np.asarray(smoothing_matrix(np.arange(6) < 4, 3))
+    np.testing.assert_allclose(C.sum(0)[:4], 1.0, atol=1e-6)
+    assert np.all(C[4:] == 0)  # padded frames never feed valid ones
+    with pytest.raises(ValueError, match="odd"):
+        EnhanceConfig(noise_smooth_frames=4)
+    with pytest.raises(ValueError, match="unknown config"):
+        enhance(x, 16000, prior, config="nope")
+
+
+def _write(path, x, sr=16000):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.asarray(x, np.float32), sr, subtype="FLOAT")
+
+
+def test_cli_bad_files_are_reported_and_the_rest_processed(tmp_path, capsys):
+    from vdvae_jax.__main__ import main
+    from vdvae_jax.models.io import save_model
+
+    save_model(tmp_path / "prior.npz", *_small_prior())
+    rng = np.random.default_rng(0)
+    speech = (0.3 * np.sin(np.arange(6000) * 0.05) * rng.uniform(0.5, 1, 6000)).astype(np.float32)
+    noisy = speech + 0.05 * rng.standard_normal(6000).astype(np.float32)
+    _write(tmp_path / "noisy/good.wav", noisy)
+    _write(tmp_path / "noisy/silent.wav", np.zeros(6000))
+    _write(tmp_path / "noisy/nan.wav", np.full(6000, np.nan))
+    _write(tmp_path / "noisy/rate.wav", noisy[:3000], sr=8000)
+    (tmp_path / "noisy/junk.wav").write_bytes(b"RIFF....not a wav")
+    status = main(["enhance", "--prior", str(tmp_path / "prior.npz"), "--noisy", str(tmp_path / "noisy"),
+                   "--out", str(tmp_path / "enh"), "--niter", "2", "--quiet"])
+    err = capsys.readouterr()
+    assert status == 1 and "enhanced 1 of 5 files" in err.out
+    assert "silent.wav" in err.err and "silent" in err.err
+    assert "nan.wav" in err.err and "NaN" in err.err
+    assert "rate.wav" in err.err and "sample rate 8000 Hz, expected 16000 Hz" in err.err
+    assert "junk.wav" in err.err and "unreadable" in err.err
+    assert sorted(p.name for p in (tmp_path / "enh").iterdir()) == ["good.wav"]
+    # unusable prior: status 2 and a message, no traceback
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    assert main(["enhance", "--prior", str(tmp_path / "bad.npz"), "--noisy", str(tmp_path / "noisy"),
+                 "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "corrupt or unreadable" in capsys.readouterr().err
+    assert main(["enhance", "--prior", str(tmp_path / "absent"), "--noisy", str(tmp_path / "noisy"),
+                 "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_cli_evaluate_unpaired_rates_and_bad_files(tmp_path, capsys):
+    from vdvae_jax.__main__ import main
+
+    rng = np.random.default_rng(1)
+    s = (0.3 * np.sin(np.arange(16000) * 0.03)).astype(np.float32)
+    for name in ("a", "b", "c", "only_clean"):
+        _write(tmp_path / f"clean/{name}.wav", s)
+    for name in ("a", "b", "c", "only_est"):
+        _write(tmp_path / f"est/{name}.wav", s + 0.05 * rng.standard_normal(s.size))
+    _write(tmp_path / "est/b.wav", s[::2], sr=8000)  # rate differs from its clean file
+    _write(tmp_path / "est/c.wav", np.full(s.size, np.nan))
+    args = ["evaluate", "--clean", str(tmp_path / "clean"), "--estimate", str(tmp_path / "est"),
+            "--out", str(tmp_path / "m.json")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "do not pair up" in err and "only_clean.wav" in err and "only_est.wav" in err
+    assert main(args + ["--allow-unpaired"]) == 1  # b and c fail, a is evaluated
+    out = capsys.readouterr()
+    res = json.loads((tmp_path / "m.json").read_text())
+    assert [r["file"] for r in res["rows"]] == ["a.wav"] and np.isfinite(res["rows"][0]["si_sdr"])
+    assert res["unmatched"] == {"clean": ["only_clean.wav"], "estimate": ["only_est.wav"]}
+    fails = "\n".join(res["failures"])
+    assert "b.wav: sample rates differ" in fails and "16000 Hz" in fails and "8000 Hz" in fails
+    assert "c.wav" in fails and "NaN" in fails
+    assert "evaluated 1 of 3 files" in out.out

@@ -56,3 +56,14 @@ def test_bench_vem_smoke(tmp_path):
     rec = records[-1]
     assert rec["bench"] == "se_vem" and rec["steady_s"] > 0 and rec["rtf"] > 0
     assert np.isfinite(rec["si_sdr_out"])
+
+
+def test_bench_sources_smoke(tmp_path):
+    run([str(REPO / "benchmarks/bench_sources.py"), "--smoke", "--out", str(tmp_path / "s.jsonl")], tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert records and all(np.isfinite(r.get("steady_s", 0.0)) for r in records)
+
+
+def test_mixdvae_mot_smoke(tmp_path):
+    run([str(REPO / "experiments/mixdvae_mot.py"), "--smoke", "--out", str(tmp_path / "mot")], tmp_path)
+    assert (tmp_path / "mot" / "results.json").is_file()

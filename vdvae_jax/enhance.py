@@ -6,9 +6,23 @@ pre-processing), takes the sine-window STFT, runs the SE-VEM of :mod:`vdvae_jax.
 utterances of similar lengths share one compilation), applies the Wiener filter and returns the
 enhanced waveform at the input's scale.
 
+**Two behaviours.** ``config`` is either
+
+* a :class:`~vdvae_jax.inference.se_vem.SEVEMConfig` (e.g. ``PRESETS["vb"]``, the reference's
+  VoiceBank settings): the reference algorithm, unchanged (spec §4); or
+* an :class:`EnhanceConfig` (``PRESETS["default"]``, the default): the same VEM with a noise model
+  that cannot follow speech, and a floor on the Wiener gain (see :class:`EnhanceConfig`), aimed at
+  doing no harm: on real recordings (``experiments/real_noisy.py``) the reference settings with the
+  published VoiceBank RVAE make many files much worse (the free NMF noise model absorbs voices the
+  prior explains poorly, e.g. high-pitched ones, and at high SNR that costs more than it removes);
+  the default limits this to -1.69 dB on the worst of 32 files (numbers in :func:`enhance`).
+
 ``prior`` is a ``(model, params)`` pair or a path: a published DVAE_SE folder (``config.ini`` + ``.pt``),
 a ``.pt`` file beside its ``config.ini``, or a ``model.npz`` written by ``experiments/train_dvae.py``.
-Only the NMF noise model exists so far; the deep noise models (``lv``, ``no``, ``nolv``) are not built.
+Every path is checked parameter by parameter against the architecture of its config
+(:class:`PriorError` names the first mismatching parameter and both shapes). Only the NMF noise model
+is available here; the deep noise models (``lv``, ``no``, ``nolv``) live in
+:mod:`vdvae_jax.inference.ddgm`.
 """
 
 from __future__ import annotations
@@ -21,37 +35,207 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdvae_jax.data.audio import validate_waveform
+from vdvae_jax.data.audio import AudioError, validate_waveform
 from vdvae_jax.data.stft import StftConfig, istft_librosa, stft_librosa
+from vdvae_jax.inference import nmf
 from vdvae_jax.inference.base import run
 from vdvae_jax.inference.se_vem import (ENHANCE_DEFAULTS, VB_SETTINGS, WSJ_SETTINGS, SEVEMConfig,
                                         SEVEMData, make_se_vem, wiener_filter)
 
-__all__ = ["METHODS", "PRESETS", "load_prior", "enhance"]
+__all__ = ["METHODS", "PRESETS", "DEFAULT", "EnhanceConfig", "PriorError", "load_prior",
+           "check_prior", "smoothing_matrix", "enhance"]
 
 METHODS = ("nmf",)
-PRESETS = {"vb": VB_SETTINGS, "wsj": WSJ_SETTINGS, "enhance-defaults": ENHANCE_DEFAULTS}
 STFT = StftConfig(pad_mode="constant")
 
 
+class PriorError(ValueError):
+    """A prior cannot be used: missing, unreadable / corrupt, or weights that do not fit its config."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EnhanceConfig:
+    """SE-VEM with a regularised noise model and a Wiener-gain floor (the default of :func:`enhance`).
+
+    Noise model (replaces the free NMF of the reference): :math:`V_b = (B \\tilde W)(\\tilde H C)`
+    with fixed non-negative moving averages, :math:`C \\in \\mathbb R_+^{N\\times N}` over
+    ``noise_smooth_frames`` frames (columns normalised over valid frames) and
+    :math:`B \\in \\mathbb R_+^{F\\times F}` over ``noise_smooth_bins`` frequency bins. The noise
+    spectra are then smooth along frequency (no harmonic comb: 33 bins = 516 Hz, wider than the
+    harmonic spacing of voices up to about 500 Hz F0) and its activations slow (31 frames = 0.5 s,
+    longer than a syllable). A free NMF can represent a voice (a harmonic spectrum switching on and
+    off with syllables) and absorbs the voices the prior explains poorly, e.g. high-pitched ones;
+    this noise model cannot. The M-step keeps its majorisation-minimisation form, :math:`V_b`
+    being linear in each factor with non-negative coefficients (:math:`V = g V_s + V_b`, sums over
+    the R posterior samples):
+
+    .. math::
+        \\tilde W \\leftarrow \\tilde W \\odot \\Big(\\frac{B^T (P \\odot \\sum_r V_r^{-2}) H^T}
+            {B^T (\\sum_r V_r^{-1}) H^T}\\Big)^{1/2}, \\qquad
+        \\tilde H \\leftarrow \\tilde H \\odot \\Big(\\frac{W^T (P \\odot \\sum_r V_r^{-2}) C^T}
+            {W^T (\\sum_r V_r^{-1}) C^T}\\Big)^{1/2},
+
+    with :math:`W = B \\tilde W`, :math:`H = \\tilde H C`; then L1 normalisation of
+    :math:`\\tilde W`'s columns and the reference gain update of ``g``. ``noise_smooth_frames =
+    noise_smooth_bins = 1`` is exactly the reference M-step.
+
+    Output: :math:`\\hat S = (\\beta + (1 - \\beta) G_s) X` with :math:`\\beta` = ``gain_floor`` (a
+    spectral floor: no bin is attenuated by more than :math:`-20\\log_{10}\\beta` dB, 12 dB for 0.25,
+    which bounds the speech distortion where the posterior is wrong).
+
+    Attributes:
+      vem: the SE-VEM settings (iterations, NMF rank, learning rate...).
+      noise_smooth_frames: width of the moving average ``C`` over frames (odd; 1 = free activations).
+      noise_smooth_bins: width of the moving average ``B`` over frequency bins (odd; 1 = free spectra).
+      gain_floor: :math:`\\beta` in [0, 1).
+    """
+
+    vem: SEVEMConfig = VB_SETTINGS
+    noise_smooth_frames: int = 1
+    noise_smooth_bins: int = 1
+    gain_floor: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.vem, SEVEMConfig):
+            raise TypeError(f"vem must be an SEVEMConfig, got {type(self.vem).__name__}")
+        for name in ("noise_smooth_frames", "noise_smooth_bins"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1 or v % 2 == 0:
+                raise ValueError(f"{name} must be an odd integer >= 1, got {v!r}")
+        if not 0.0 <= self.gain_floor < 1.0:
+            raise ValueError(f"gain_floor must be in [0, 1), got {self.gain_floor}")
+
+
+#: The default of :func:`enhance` (see :class:`EnhanceConfig` and ``experiments/real_noisy.py``).
+DEFAULT = EnhanceConfig(vem=VB_SETTINGS, noise_smooth_frames=31, noise_smooth_bins=33, gain_floor=0.25)
+#: ``default`` (ours) and the reference settings (plain SE-VEM, no floor, free NMF).
+PRESETS = {"default": DEFAULT, "vb": VB_SETTINGS, "wsj": WSJ_SETTINGS,
+           "enhance-defaults": ENHANCE_DEFAULTS}
+
+
+# ------------------------------------------------------------------------------------- priors
+def check_prior(model, params, *, source: str = "prior") -> None:
+    """Raises :class:`PriorError` naming the first parameter whose presence or shape differs from
+    the architecture of ``model`` (and how many differ)."""
+    expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, model.config.x_dim)))
+    flat_exp = {jax.tree_util.keystr(p): tuple(a.shape)
+                for p, a in jax.tree_util.tree_leaves_with_path(expected)}
+    try:
+        flat_got = {jax.tree_util.keystr(p): tuple(np.shape(a))
+                    for p, a in jax.tree_util.tree_leaves_with_path(params)}
+    except Exception as err:  # noqa: BLE001 - anything that is not a pytree of arrays
+        raise PriorError(f"{source}: parameters are not a tree of arrays ({err})") from None
+    problems = [f"parameter {k}: weights {flat_got[k]} vs architecture {s}"
+                for k, s in flat_exp.items() if k in flat_got and flat_got[k] != s]
+    problems += [f"parameter {k} {s} missing from the weights" for k, s in flat_exp.items()
+                 if k not in flat_got]
+    problems += [f"parameter {k} {s} not in the architecture" for k, s in flat_got.items()
+                 if k not in flat_exp]
+    if problems:
+        raise PriorError(f"{source}: weights do not match the {model.name} architecture "
+                         f"(x_dim={model.config.x_dim}, z_dim={model.config.z_dim}): {problems[0]}"
+                         + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
 def load_prior(prior):
-    """``(model, params)`` from a pair or a path (see the module docstring)."""
+    """``(model, params)`` from a pair or a path (see the module docstring), checked against the
+    architecture.
+
+    Raises:
+      FileNotFoundError: the path does not exist.
+      PriorError: unreadable / corrupt file, or weights that do not match the config's architecture.
+    """
     if isinstance(prior, tuple):
+        if len(prior) != 2:
+            raise PriorError(f"prior must be a (model, params) pair, got a tuple of {len(prior)}")
+        check_prior(*prior)
         return prior
-    from vdvae_jax.models.io import load_model
-    from vdvae_jax.models.published import load_published_model
+    from vdvae_jax.checkpoint import load_npz
+    from vdvae_jax.models import REGISTRY, build
+    from vdvae_jax.models.published import PublishedModelError, load_published_model
 
     path = Path(prior)
     if not path.exists():
         raise FileNotFoundError(f"prior {path} not found")
-    if path.suffix == ".npz":
-        return load_model(path)
-    return load_published_model(path)
+    if path.suffix != ".npz":
+        try:
+            return load_published_model(path)
+        except PublishedModelError as err:  # already names every mismatching parameter
+            raise PriorError(str(err)) from None
+        except ValueError as err:  # CheckpointFormatError and friends
+            raise PriorError(f"{path}: cannot read the prior ({err})") from None
+    try:
+        params, meta = load_npz(path)
+    except Exception as err:  # noqa: BLE001 - zipfile / numpy errors on a corrupt file
+        raise PriorError(f"{path}: corrupt or unreadable model file ({type(err).__name__}: {err})") from None
+    if not meta or meta.get("model") not in REGISTRY:
+        raise PriorError(f"{path}: not a vdvae_jax model file (missing or unknown 'model' entry)")
+    cls = REGISTRY[meta["model"]][0]
+    names = {f.name for f in dataclasses.fields(cls)}
+    try:
+        cfg = cls(**{k: tuple(v) if isinstance(v, list) else v
+                     for k, v in meta.get("config", {}).items() if k in names})
+    except (TypeError, ValueError) as err:
+        raise PriorError(f"{path}: invalid {meta['model']} config ({err})") from None
+    model = build(meta["model"], cfg)
+    check_prior(model, params, source=str(path))
+    return model, jax.tree.map(jnp.asarray, params)
 
 
+# ------------------------------------------------------------------------------- noise model
+def smoothing_matrix(mask, width: int):
+    """``C`` (N, N): ``C[m, n] = 1 / #{valid m' : |m' - n| <= width // 2}`` for valid ``m`` within
+    ``width // 2`` of ``n``, else 0 (``H = H~ C`` averages ``H~`` over valid neighbouring frames;
+    with ``mask`` all true and ``C^T`` it smooths along frequency: ``W = C^T W~``)."""
+    n = mask.shape[0]
+    idx = jnp.arange(n)
+    band = (jnp.abs(idx[:, None] - idx[None, :]) <= width // 2).astype(jnp.float32)
+    band = band * jnp.asarray(mask, jnp.float32)[:, None]
+    return band / jnp.maximum(jnp.sum(band, axis=0, keepdims=True), 1.0)
+
+
+def _mm_update(num, den, x):
+    """``x * (num / den)^(1/2)`` where ``den > 0``; entries without data (padding) are kept."""
+    return jnp.where(den > 0, x * (num / jnp.where(den > 0, den, 1.0)) ** 0.5, x)
+
+
+def _smooth_m_step(P, vs, Wt, Ht, g, B, C, m):
+    """M-step of ``V = g V_s + (B Wt)(Ht C)``: ``Wt``, then ``Ht``, L1 normalisation, then ``g``.
+
+    ``B`` (F, F) and ``C`` (N, N) are non-negative with unit column sums, so the L1 norm of a
+    column of ``B Wt`` equals that of ``Wt``. Returns ``(Wt, Ht, g, loss)``.
+    """
+    P_fn, vs_rfn = P.T, jnp.transpose(vs, (1, 2, 0))
+    f, n = P_fn.shape
+    mm = nmf._mm
+
+    def sums(W, H):
+        inv = 1.0 / (g * vs_rfn + mm(W, H)).reshape((-1, f, n))
+        return P_fn * jnp.sum(inv * inv, axis=0) * m, jnp.sum(inv, axis=0) * m
+
+    H = mm(Ht, C)
+    s2, s1 = sums(mm(B, Wt), H)
+    Wt = _mm_update(mm(B.T, mm(s2, H.T)), mm(B.T, mm(s1, H.T)), Wt)
+    W = mm(B, Wt)
+    s2, s1 = sums(W, H)
+    Ht = _mm_update(mm(mm(W.T, s2), C.T), mm(mm(W.T, s1), C.T), Ht)
+    Wt, Ht = nmf.normalize_l1(Wt, Ht)
+    WH = mm(mm(B, Wt), mm(Ht, C))
+    g = nmf.update_gain(P_fn, vs_rfn, WH, g, mask=m, exponent=0.5)
+    loss = nmf.is_objective(P_fn, jnp.where(m > 0, g * vs_rfn + WH, 1.0), m, reduce="mean")
+    return Wt, Ht, g, loss
+
+
+# ------------------------------------------------------------------------------------ runners
 @functools.lru_cache(maxsize=16)
-def _runner(model, config: SEVEMConfig):
+def _runner(model, config):
     """Jitted ``(params, X (N,F) complex, mask (N,), key) -> (S_hat, B_hat)``; one trace per length."""
+    if isinstance(config, SEVEMConfig):
+        return _reference_runner(model, config)
+    return _default_runner(model, config)
+
+
+def _reference_runner(model, config: SEVEMConfig):
     alg = make_se_vem(model, config)
 
     @jax.jit
@@ -66,33 +250,85 @@ def _runner(model, config: SEVEMConfig):
     return go
 
 
+def _default_runner(model, config: EnhanceConfig):
+    vem = dataclasses.replace(config.vem, record=True)  # the step then returns its M-step V_s
+    alg = make_se_vem(model, vem)
+    beta = config.gain_floor
+
+    @jax.jit
+    def go(params, X, mask, key):
+        data = SEVEMData.from_stft(X, mask)
+        m = mask.astype(data.power.dtype)
+        B = smoothing_matrix(jnp.ones((X.shape[1],), bool), config.noise_smooth_bins).T
+        C = smoothing_matrix(mask, config.noise_smooth_frames)
+        k_init, k_run, k_wf = jax.random.split(key, 3)
+        state = alg.init(k_init, params, data)
+        Wt, Ht = state.W, state.H
+        state = state._replace(W=nmf._mm(B, Wt), H=nmf._mm(Ht, C))
+
+        def body(carry, k):
+            old, Wt, Ht = carry
+            new, info = alg.step(k, old, data)  # E-step (and the reference M-step, replaced here)
+            Wt, Ht, g, loss = _smooth_m_step(data.power, info.trace["mstep_vs"], Wt, Ht, old.g, B, C, m)
+            return (new._replace(W=nmf._mm(B, Wt), H=nmf._mm(Ht, C), g=g), Wt, Ht), loss
+
+        (state, _, _), _ = jax.lax.scan(body, (state, Wt, Ht), jax.random.split(k_run, vem.n_iter))
+        out = wiener_filter(model, vem, k_wf, state, data, X)
+        gs = beta * m[:, None] + (1.0 - beta) * out.gain_speech
+        return gs * X, (m[:, None] - gs) * X
+
+    return go
+
+
 def enhance(noisy: np.ndarray, sr: int, prior, *, method: str = "nmf",
-            config: SEVEMConfig = VB_SETTINGS, key=None, bucket: int = 64,
-            return_noise: bool = False):
+            config: EnhanceConfig | SEVEMConfig | str = DEFAULT, key=None, bucket: int = 64,
+            return_noise: bool = False, name: str = "noisy waveform"):
     """Enhance one noisy waveform.
 
     Args:
-      noisy: 1-D waveform.
+      noisy: 1-D float waveform.
       sr: its sample rate (must be 16 kHz, the priors' rate).
       prior: ``(model, params)`` or a path (see :func:`load_prior`).
-      method: noise model; only ``"nmf"`` exists so far.
-      config: SE-VEM settings (``PRESETS``: the reference's VoiceBank / WSJ0 settings, or the
-        defaults of its ``enhance()`` function).
+      method: noise model; only ``"nmf"`` here.
+      config: :data:`DEFAULT` (an :class:`EnhanceConfig`: noise spectra smoothed over 33 bins and
+        activations over 31 frames (0.5 s), Wiener-gain floor 0.25, and the VoiceBank VEM settings
+        K = 8, 100 iterations, lr 1e-3), an
+        :class:`~vdvae_jax.inference.se_vem.SEVEMConfig` for the unchanged reference algorithm, or a
+        :data:`PRESETS` name (``"vb"``, ``"wsj"``, ``"enhance-defaults"`` are the reference's).
+        Measured with the published VB RVAE on the 32-file real set of ``experiments/real_noisy.py``
+        (fillets-ng / Asterisk voices x MegaGlest, sonic-pi, music-on-hold noise, -5...+10 dB):
+        SI-SDR gain mean +1.49 dB, worst -1.69 dB, 1 of 32 files more than 1 dB worse; the reference
+        ``"vb"`` settings: mean +0.69 dB, worst -12.11 dB, 11 of 32 (mean -4.05 dB at +10 dB SNR).
+        On default-corpus speech with white / babble noise at 0 / 5 dB both improve (mean +3.8 /
+        +3.7 dB over 4 mixtures).
       key: typed PRNG key (default ``jax.random.key(0)``).
       bucket: frames are padded to a multiple of this (fewer compilations).
       return_noise: also return the noise estimate.
+      name: how to call the signal in error messages (e.g. its file name).
 
     Returns:
       The enhanced waveform (same length and scale as ``noisy``), or ``(speech, noise)``.
+
+    Raises:
+      AudioError: wrong sample rate, not mono, NaN/Inf, silent or too short input; or a non-finite
+        result (named, instead of writing NaNs).
+      PriorError / FileNotFoundError: see :func:`load_prior`.
     """
     if method not in METHODS:
-        raise NotImplementedError(f"method {method!r} is not available; implemented: {METHODS} "
-                                  "(the deep noise models lv/no/nolv are not built yet)")
+        raise NotImplementedError(f"method {method!r} is not available here; implemented: {METHODS} "
+                                  "(the deep noise models lv/no/nolv: vdvae_jax.inference.ddgm)")
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown config {config!r}; presets: {sorted(PRESETS)}")
+        config = PRESETS[config]
+    if not isinstance(config, (EnhanceConfig, SEVEMConfig)):
+        raise TypeError(f"config must be an EnhanceConfig, an SEVEMConfig or a preset name, "
+                        f"got {type(config).__name__}")
     x = validate_waveform(np.asarray(noisy), sr, expected_sr=STFT.sr, min_samples=STFT.n_fft,
-                          name="noisy waveform")
+                          name=name)
     model, params = load_prior(prior)
     if model.config.x_dim != STFT.n_fft // 2 + 1:
-        raise ValueError(f"prior {model.name} models {model.config.x_dim} bins, the STFT gives "
+        raise PriorError(f"prior {model.name} models {model.config.x_dim} bins, the STFT gives "
                          f"{STFT.n_fft // 2 + 1}")
     peak = float(np.max(np.abs(x)))
     X = stft_librosa(x / peak, STFT)  # (N, F)
@@ -102,7 +338,11 @@ def enhance(noisy: np.ndarray, sr: int, prior, *, method: str = "nmf",
     X_pad[:n] = X
     mask = np.arange(n_pad) < n
     key = jax.random.key(0) if key is None else key
-    speech, noise = _runner(model, dataclasses.replace(config, record=False))(
-        params, jnp.asarray(X_pad), jnp.asarray(mask), key)
+    if isinstance(config, SEVEMConfig):
+        config = dataclasses.replace(config, record=False)
+    speech, noise = _runner(model, config)(params, jnp.asarray(X_pad), jnp.asarray(mask), key)
     out = [istft_librosa(np.asarray(s)[:n], STFT, length=len(x)) * peak for s in (speech, noise)]
+    if not np.all(np.isfinite(out[0])):
+        raise AudioError(f"{name}: enhancement produced non-finite samples (prior {model.name}, "
+                         f"{type(config).__name__}); nothing written")
     return (out[0], out[1]) if return_noise else out[0]

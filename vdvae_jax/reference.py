@@ -15,6 +15,8 @@ Usage::
   (outputs, latents, prior, losses, RNN outputs, and ``grad/<key>``/``gradnorm/<key>`` of
   d loss_tot / d parameter mapped back to torch keys; a torch LSTM's ``bias_ih`` and ``bias_hh``
   both receive the gradient of our summed bias).
+* ``mixdvae/vem_trace_*.npz`` (the whole MixDVAE VEM, 2 iterations) ->
+  :func:`vdvae_jax.reference_mixdvae.check_vem_trace`.
 * ``mixdvae/<tag>/`` -> :func:`vdvae_jax.reference_mixdvae.check_model_dir` and ``se_vem/`` ->
   :func:`vdvae_jax.inference.se_vem_check.check_se_vem_dir`, when those modules import (a SKIP
   line otherwise, a failure only with ``--strict``).
@@ -223,6 +225,11 @@ def check_directory(path, rtol: float = 1e-4, gen_rtol: float = 1e-3, *, only: I
             fn, why = _optional("vdvae_jax.reference_mixdvae", "check_model_dir")
             for d in dirs:
                 add(fn(d) if fn else [_skip(f"mixdvae/{d.name}", why, strict)])
+        traces = [f for f in sorted(mix.glob("vem_trace_*.npz")) if _selected(f.stem, f"mixdvae/{f.stem}", only)]
+        if traces:
+            fn, why = _optional("vdvae_jax.reference_mixdvae", "check_vem_trace")
+            for f in traces:
+                add(fn(f) if fn else [_skip(f"mixdvae/{f.stem}", why, strict)])
     vem = root / "se_vem"
     if vem.is_dir() and _selected("se_vem", "se_vem", only):
         fn, why = _optional("vdvae_jax.inference.se_vem_check", "check_se_vem_dir")

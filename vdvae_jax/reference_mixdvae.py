@@ -5,8 +5,9 @@
 * :func:`check_model_dir` checks one ``mixdvae/<tag>/`` folder (``weights.npz``, ``model.json``,
   ``vectors.npz``): the pre-training SRNN in modes ``tf``, ``ss_pred0``, ``ss_pred1`` and one VEM-time
   E-S/E-Z call (``vem``; SC-ASS also ``vem_init``), with the recorded noise.
-* :func:`check_vem_trace` (``vem_trace_{mot,scass}.npz``, the whole 2-iteration algorithm) is a stub
-  that raises ``NotImplementedError``; :func:`check_all` skips it.
+* :func:`check_vem_trace` checks ``vem_trace_{mot,scass}.npz``, the whole 2-iteration algorithm
+  (initialisation, E-W, E-S/E-Z, printed losses) through :mod:`vdvae_jax.inference.mixdvae`;
+  :func:`check_all` runs both.
 
 The reference's model outputs are batch-major (B, T, .) (SC-ASS input x is (B, F, T)) and its noise is
 time-major (T, B, .); our functions are time-major, so layouts are converted only here. Every shape is
@@ -35,6 +36,7 @@ import numpy as np
 
 from vdvae_jax.conformance import CheckResult, compare_arrays, summarise
 from vdvae_jax.inference import mixdvae_source as ms
+from vdvae_jax.inference.base import run
 from vdvae_jax.models.base import loss_from_outputs
 from vdvae_jax.models.srnn_mixdvae import (MOTSRNNConfig, config_from_ini, make_srnn_mot, make_srnn_scass,
                                            mixdvae_state_dict_to_params)
@@ -189,13 +191,118 @@ def check_model_dir(path, *, dtype: str = "float64", rtol: float = RTOL,
     return results
 
 
-def check_vem_trace(path) -> list[CheckResult]:
-    """Check a ``vem_trace_{mot,scass}.npz`` file (the whole VEM algorithm incl. E-W, recorded noise).
+PRINTED = ("loss_elbo", "loss_dvae", "loss_qw_qs", "loss_qw", "loss_qs")
+PRINTED_ATOL = 5e-5   # the console shows tensor-valued losses with 4 decimals
+RTOL_TRACE_E2E = 2e-2  # SC-ASS end to end, see check_vem_trace
 
-    Not implemented yet: the per-source E-S/E-Z call it would iterate is checked by
-    :func:`check_model_dir` (mode ``vem``); E-W, the initialisation and the iteration loop are not.
+
+def _full_diag(d):
+    """(..., D) diagonal -> (..., D, D) matrix."""
+    d = np.asarray(d)
+    return d[..., :, None] * np.eye(d.shape[-1], dtype=d.dtype)
+
+
+def _trace_mot(base, t, dtype):
+    from vdvae_jax.inference import mixdvae as mv
+
+    config, params, _, _ = load_model_dir(base / "mot", dtype)
+    params = jax.tree.map(jnp.asarray, params)
+    obs = jnp.swapaxes(jnp.asarray(t["obs"]), 0, 1)                     # (T, B, K, 4)
+    T = obs.shape[0]
+    n_init_iter = t["init_eps_z"].shape[1]
+    chunk_len = T // t["init_eps_z"].shape[0]
+    options = mv.MOTOptions.reference(init_iters=n_init_iter, init_chunk_len=chunk_len,
+                                      kl_beta=float(_beta_of(base / "mot")))
+    alg = mv.mot_vem(config, options)
+    data = mv.mot_data(params, obs, num_sources=t["x_mean_init"].shape[0])
+    state0 = alg.init({"z": jnp.asarray(t["init_eps_z"])}, data)
+    _, info = jax.jit(lambda s, d: run(alg, {"z": jnp.asarray(t["it_eps_z"])}, s, d))(state0, data)
+    init = {"Phi_init": _full_diag(np.swapaxes(state0.phi, 0, 1)),
+            "Phi_inv_init": _full_diag(1.0 / np.swapaxes(np.asarray(state0.phi), 0, 1)),
+            "x_mean_init": np.swapaxes(state0.mean, 1, 2),
+            "x_var_init": _full_diag(np.swapaxes(state0.var, 1, 2))}
+    iters = {"Eta_iter": np.swapaxes(info.eta, 2, 3), "x_mean_iter": np.swapaxes(info.mean, 2, 3),
+             "x_var_iter": _full_diag(np.swapaxes(info.var, 2, 3))}
+    return init, iters, info, {}
+
+
+def _trace_scass(base, t, dtype):
+    from vdvae_jax.inference import mixdvae as mv
+
+    config, p_cbf, _, _ = load_model_dir(base / "scass_cbf", dtype)
+    config_wsj, p_wsj, _, _ = load_model_dir(base / "scass_wsj", dtype)
+    if config_wsj != config:
+        raise ValueError("the two SC-ASS priors have different architectures")
+    params = mv.stack_params([jax.tree.map(jnp.asarray, p_cbf), jax.tree.map(jnp.asarray, p_wsj)])
+    mix = jnp.transpose(jnp.asarray(t["mix_stft"]), (2, 0, 1))           # (T, B, F)
+    options = mv.SCASSOptions.reference(kl_beta=float(_beta_of(base / "scass_cbf")))
+    alg = mv.scass_vem(config, options)
+    data = mv.scass_data(params, mix)
+    state0 = alg.init({"z": jnp.asarray(t["init_eps_z"])}, data)
+    noise = {"z": jnp.asarray(t["it_eps_z"]), "u_re": jnp.asarray(t["it_u_real"]),
+             "u_im": jnp.asarray(t["it_u_imag"])}
+    iterate = jax.jit(lambda s, d: run(alg, noise, s, d))
+    # iterations from the recorded initial power (isolates the loop from the init's float32 noise) ...
+    recorded = state0._replace(s_power=jnp.swapaxes(jnp.asarray(t["s_power_init"]), 1, 2))
+    _, info = iterate(recorded, data)
+    # ... and end to end from our own initialisation
+    _, info_e2e = iterate(state0, data)
+    init = {"s_power_init": np.swapaxes(state0.s_power, 1, 2)}
+    iters = {"mu_phi_s_iter": np.swapaxes(info.mu, 2, 3)}
+    e2e = {"mu_phi_s_iter": np.swapaxes(info_e2e.mu, 2, 3)}
+    return init, iters, info, e2e
+
+
+def _beta_of(model_dir):
+    with np.load(Path(model_dir) / "vectors.npz") as v:
+        return float(v["beta"])
+
+
+def check_vem_trace(path, *, dtype: str = "float64", rtol: float = RTOL,
+                    rtol_feedback: float = RTOL_FEEDBACK) -> list[CheckResult]:
+    """Check a ``vem_trace_{mot,scass}.npz`` file: the whole reference VEM (initialisation, E-W, E-S/E-Z,
+    2 iterations) with the recorded noise, run through :mod:`vdvae_jax.inference.mixdvae` with the
+    reference options (:meth:`~vdvae_jax.inference.mixdvae.MOTOptions.reference`,
+    :meth:`~vdvae_jax.inference.mixdvae.SCASSOptions.reference`). The model weights come from the
+    ``mot`` / ``scass_cbf`` + ``scass_wsj`` folders beside the file.
+
+    Three results per file: ``trace_init`` (MOT ``Phi_init``, ``Phi_inv_init``, ``x_mean_init``,
+    ``x_var_init``; SC-ASS ``s_power_init``; ``rtol``), ``trace_iter`` (MOT ``Eta_iter``,
+    ``x_mean_iter``, ``x_var_iter``; SC-ASS ``mu_phi_s_iter``; ``rtol_feedback``) and ``trace_loss``
+    (the printed losses, ``rtol_feedback`` plus ``PRINTED_ATOL`` for the console's 4 decimals).
+
+    SC-ASS: ``trace_iter`` and ``trace_loss`` start the iterations from the *recorded* ``s_power_init``;
+    ``trace_e2e`` runs from our own initialisation and is held to the documented bound
+    ``RTOL_TRACE_E2E`` = 2e-2 (measured 8.2e-3). Reason: the loop feeds the sampled power
+    :math:`|\tilde s|^2` (up to ~1e4) back into the LSTM through ``mlp_x_h``, and is chaotic at the float32
+    level: in float64, a random relative perturbation of 1e-6 of ``s_power_init`` moves ``mu_phi_s`` by up to
+    0.37 (max |mu| 131) after 2 iterations, and our initial power differs from the reference's float32 one
+    by 1.4e-5 relative (its own float32 rounding, see the module docstring). Our float32 run differs from
+    our float64 run by up to 5.0 on the same trace. From the recorded init the gap is 4e-4 relative.
     """
-    raise NotImplementedError("check_vem_trace: whole-algorithm traces are not checked yet")
+    path = Path(path)
+    base = path.parent
+    kind = "mot" if "mot" in path.stem else "scass"
+    tag = f"vem_trace_{kind}"
+    with jax.enable_x64(dtype == "float64"):
+        with np.load(path) as f:
+            t = {k: _cast(f[k], dtype) for k in f.files}
+            ref = {k: np.asarray(f[k]) for k in f.files}
+        init, iters, info, e2e = (_trace_mot if kind == "mot" else _trace_scass)(base, t, dtype)
+        results = [
+            summarise(tag, "trace_init", [compare_arrays(k, v, ref[k], rtol=rtol) for k, v in init.items()]),
+            summarise(tag, "trace_iter", [compare_arrays(k, v, ref[k], rtol=rtol_feedback)
+                                          for k, v in iters.items()]),
+            summarise(tag, "trace_loss", [compare_arrays(f"printed/{k}", np.asarray(getattr(info, k)),
+                                                         ref[f"printed/{k}"], rtol=rtol_feedback,
+                                                         atol=PRINTED_ATOL) for k in PRINTED]),
+        ]
+        if e2e:
+            results.append(summarise(tag, "trace_e2e", [compare_arrays(k, v, ref[k], rtol=RTOL_TRACE_E2E)
+                                                        for k, v in e2e.items()],
+                                     note=f"documented bound rtol {RTOL_TRACE_E2E:g}: init float32 noise "
+                                          "amplified by the sampled-power feedback"))
+    return results
 
 
 def check_all(root) -> list[CheckResult]:
@@ -206,10 +313,7 @@ def check_all(root) -> list[CheckResult]:
         results += check_model_dir(base / tag)
     for name in ("vem_trace_mot.npz", "vem_trace_scass.npz"):
         if (base / name).is_file():
-            try:
-                results += check_vem_trace(base / name)
-            except NotImplementedError:
-                pass
+            results += check_vem_trace(base / name)
     return results
 
 

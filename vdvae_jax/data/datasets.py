@@ -1,4 +1,5 @@
-"""Speech file lists (WSJ0, VoiceBank), the reference spectrogram-dataset recipe, batching.
+"""Speech file lists (WSJ0, VoiceBank), noisy/clean pairs (VoiceBank-DEMAND folders, the reference
+SE test lists used for WSJ0-QUT and VB-DMD), the reference spectrogram-dataset recipe, batching.
 
 ``build_spectrogram_dataset`` follows the reference training loader (spec §2.4): trim the
 whole file (``top_db`` 30), cut contiguous segments of ``(T - 1) hop`` samples, divide each by
@@ -21,6 +22,9 @@ __all__ = [
     "wsj0_splits",
     "voicebank_splits",
     "VOICEBANK_VAL_SPEAKERS",
+    "paired_folders",
+    "voicebank_demand_pairs",
+    "se_test_list",
     "build_spectrogram_dataset",
     "batch_iterator",
 ]
@@ -84,6 +88,69 @@ def voicebank_splits(
         if not files:
             raise FileNotFoundError(f"{root}: VoiceBank split {split!r} is empty")
     return splits
+
+
+def paired_folders(clean_dir: str | os.PathLike, noisy_dir: str | os.PathLike) -> list[dict]:
+    """``[{"name", "clean", "noisy"}]`` for the WAVs of two folders paired by relative path.
+
+    Raises:
+      FileNotFoundError: a folder is missing / empty, or names do not pair up (the message lists
+        the unmatched names of each folder).
+    """
+    idx = {}
+    for role, d in (("clean", Path(clean_dir)), ("noisy", Path(noisy_dir))):
+        idx[role] = {p.relative_to(d).as_posix(): p for p in wav_folder(d)}
+    only = {role: sorted(set(v) - set(idx["noisy" if role == "clean" else "clean"]))
+            for role, v in idx.items()}
+    if only["clean"] or only["noisy"]:
+        raise FileNotFoundError(f"{clean_dir} / {noisy_dir} do not pair up: only clean "
+                                f"{only['clean'][:10]}, only noisy {only['noisy'][:10]}")
+    return [{"name": n, "clean": idx["clean"][n], "noisy": idx["noisy"][n]} for n in sorted(idx["clean"])]
+
+
+def voicebank_demand_pairs(root: str | os.PathLike, split: str = "test") -> list[dict]:
+    """VoiceBank-DEMAND (Valentini) noisy/clean pairs: ``clean_testset_wav`` + ``noisy_testset_wav``
+    (``split="test"``) or ``clean_trainset_28spk_wav`` + ``noisy_trainset_28spk_wav``
+    (``"train"``), searched for below ``root``; files are 48 kHz (load with ``resample=True``).
+    """
+    sub = {"test": "testset", "train": "trainset_28spk"}
+    if split not in sub:
+        raise ValueError(f"split must be one of {sorted(sub)}, got {split!r}")
+    root = Path(root)
+    clean = _find_dirs(root, f"clean_{sub[split]}_wav")[0]
+    noisy = _find_dirs(root, f"noisy_{sub[split]}_wav")[0]
+    return paired_folders(clean, noisy)
+
+
+def se_test_list(list_json: str | os.PathLike, noisy_root: str | os.PathLike,
+                 clean_root: str | os.PathLike) -> list[dict]:
+    """Entries of a reference SE test list (``vb_test.json`` / ``wsj_test.json``, the way the
+    WSJ0-QUT mixtures are distributed): each entry's ``noisy_wav`` / ``clean_wav`` templates are
+    filled with ``{noisy_root}`` / ``{clean_root}``; other fields (``snr``, ``noise_type``,
+    ``length``, ``noise_start``) are kept.
+
+    Raises:
+      FileNotFoundError: the list or a file it names is missing (the first missing files are named).
+    """
+    import json
+
+    list_json = Path(list_json)
+    if not list_json.is_file():
+        raise FileNotFoundError(f"{list_json}: test list not found")
+    entries = json.loads(list_json.read_text())
+    if isinstance(entries, dict):
+        entries = list(entries.values())
+    out, missing = [], []
+    for e in entries:
+        row = dict(e)
+        for key in ("noisy_wav", "clean_wav"):
+            row[key] = Path(str(e[key]).format(noisy_root=noisy_root, clean_root=clean_root))
+            if not row[key].is_file():
+                missing.append(str(row[key]))
+        out.append(row)
+    if missing:
+        raise FileNotFoundError(f"{list_json}: {len(missing)} listed files missing, e.g. {missing[:5]}")
+    return out
 
 
 def build_spectrogram_dataset(

@@ -1,0 +1,390 @@
+"""Unsupervised speech enhancement with deep dynamical speech and noise models (DDGM, spec §5).
+
+Observation model on STFT frames (time-major ``(T, [B,] F)``), no per-frame gain:
+
+.. math::
+    x_t = s_t + b_t, \\quad s_t | z \\sim \\mathcal N_c(0, v_{s,t}(z)), \\quad
+    b_t \\sim \\mathcal N_c(0, v_{n,t}),
+
+with :math:`v_s = \\exp(\\text{decoder}(z))` from a speech DVAE pretrained on clean speech and **frozen**,
+:math:`v_n` from a noise network (:mod:`vdvae_jax.models.noise_models`: LV, NO, NOLV) and
+:math:`z \\sim q_\\phi(z | x)` the speech encoder run on the noisy power :math:`P = |x|^2`. The loss
+(negative ELBO per valid frame, single reparameterised sample, spec §5.3):
+
+.. math::
+    \\mathcal L(\\phi, \\theta_n) = \\frac{1}{N} \\sum_{t,f} d_{IS}\\big(P_{tf} \\,|\\, v_{s,tf} + v_{n,tf}\\big)
+      + \\frac{\\beta}{N} \\sum_t \\mathrm{KL}\\big(q(z_t | \\cdot) \\| \\mathcal N(0, I)\\big),
+    \\qquad d_{IS}(p | v) = \\frac pv - \\log\\frac pv - 1,
+
+N the number of valid frames (over the batch). Enhancement is the Wiener filter
+:math:`\\hat s_t = \\frac{v_{s,t}}{v_{s,t} + v_{n,t}} \\odot x_t` (one z sample, or the posterior mean).
+
+Trainable parameters are the speech encoder layers (:data:`vdvae_jax.inference.se_vem.ENCODER_LAYERS`
+of the prior's family) and the noise network; the rest of the speech model (decoder) is frozen. The
+three configurations (spec §5.4):
+
+* **U-NA** (:func:`make_adaptation` from :func:`fresh_trainable`): per utterance, from the pretrained
+  encoder and a fresh noise network, ``n_iter`` full-utterance Adam steps, then the Wiener filter;
+* **U-ND** (:func:`train_nd`): encoder + noise network trained on a noisy training set (no clean
+  targets; minibatches of segments, Adam with cosine decay), then one forward pass per utterance;
+* **U-NDA** (:func:`make_adaptation` from the U-ND parameters): U-ND, then the U-NA loop per utterance.
+
+:func:`make_adaptation` is an :class:`~vdvae_jax.inference.base.Algorithm`; :func:`adapt_batch` runs
+it on a padded batch of utterances (``vmap`` over utterances, ``lax.scan`` over iterations, one jit).
+
+Differences from the reference (named options or documented): the speech prior is any RVAE of our
+zoo (the DDGM's RVAE-causal has an extra ``enc_mlp_g_z`` 256→128 tanh layer: ``dense_g_z=(128,)``
+in :class:`~vdvae_jax.models.rvae.RVAEConfig` reproduces it); ``DDGMConfig.noise_init="floor"`` starts
+the noise head's bias at the log of a per-frequency low quantile of P (reference: ``"random"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vdvae_jax.inference.base import Algorithm, run
+from vdvae_jax.inference.se_vem import ENCODER_LAYERS, model_family
+
+__all__ = [
+    "DDGMConfig",
+    "NDConfig",
+    "DDGMData",
+    "AdaptState",
+    "AdaptInfo",
+    "split_speech_params",
+    "merge_speech_params",
+    "noise_floor",
+    "fresh_trainable",
+    "forward",
+    "loss_fn",
+    "wiener_gain",
+    "make_adaptation",
+    "adapt_batch",
+    "apply_batch",
+    "train_nd",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class DDGMConfig:
+    """Per-utterance (U-NA / U-NDA) settings. Defaults: the reference's U-NA (Adam 5e-4, 300 steps).
+
+    Attributes:
+      n_iter: Adam steps per utterance (the reference evaluates at 100 and 200 of 300).
+      lr: Adam learning rate.
+      beta: KL weight :math:`\\beta_z` (1).
+      noise_init: ``"random"`` (reference) or ``"floor"``: the fresh noise head's bias is
+        :math:`\\log` of the ``floor_quantile`` quantile over valid frames of P, per frequency.
+      floor_quantile: see ``noise_init``.
+      wf_mode: Wiener filter from one posterior ``"sample"`` (reference) or the posterior ``"mean"``
+        (z driven by zero noise).
+      trainable: speech-parameter names tuned; ``None`` = the encoder layers of the prior's family.
+      adam_b1, adam_b2, adam_eps: Adam hyper-parameters.
+    """
+
+    n_iter: int = 300
+    lr: float = 5e-4
+    beta: float = 1.0
+    noise_init: str = "random"
+    floor_quantile: float = 0.1
+    wf_mode: str = "sample"
+    trainable: tuple[str, ...] | None = None
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+
+    def __post_init__(self):
+        if self.n_iter < 0:
+            raise ValueError(f"n_iter must be >= 0, got {self.n_iter}")
+        if self.lr <= 0 or self.beta < 0:
+            raise ValueError(f"need lr > 0 and beta >= 0, got lr={self.lr}, beta={self.beta}")
+        if self.noise_init not in ("random", "floor"):
+            raise ValueError(f"noise_init must be 'random' or 'floor', got {self.noise_init!r}")
+        if not 0.0 <= self.floor_quantile <= 1.0:
+            raise ValueError(f"floor_quantile must be in [0, 1], got {self.floor_quantile}")
+        if self.wf_mode not in ("sample", "mean"):
+            raise ValueError(f"wf_mode must be 'sample' or 'mean', got {self.wf_mode!r}")
+        if self.trainable is not None and not isinstance(self.trainable, tuple):
+            raise TypeError(f"trainable must be a tuple of names or None, got {self.trainable!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NDConfig:
+    """U-ND training (reference: batch 256, 300 epochs, Adam 5e-4 with cosine decay to 1e-8).
+
+    Attributes:
+      epochs, batch_size, lr, lr_final: Adam with a cosine decay from ``lr`` to ``lr_final`` over all steps.
+      time_budget_s: stop after the epoch that exceeds this wall-clock budget (None: no limit).
+    """
+
+    epochs: int = 300
+    batch_size: int = 256
+    lr: float = 5e-4
+    lr_final: float = 1e-8
+    time_budget_s: float | None = None
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"need epochs, batch_size >= 1 and lr > 0: {self}")
+
+
+class DDGMData(NamedTuple):
+    """One utterance (or a batch with axes between time and frequency).
+
+    Attributes:
+      power: ``P = |X|^2``, time-major (T, [B,] F).
+      mask: (T, [B]) valid frames (end padding), or None.
+      frozen: the frozen speech parameters (decoder etc.); shared, not trained.
+    """
+
+    power: jax.Array
+    mask: jax.Array | None
+    frozen: Any
+
+
+class AdaptState(NamedTuple):
+    """``trainable = {"speech": encoder layers, "noise": noise-net params}``, Adam state, iteration."""
+
+    trainable: Any
+    opt_state: Any
+    iteration: jax.Array
+
+
+class AdaptInfo(NamedTuple):
+    """Per-iteration diagnostics: loss (before the step), its IS and KL parts (per valid frame)."""
+
+    loss: jax.Array
+    recon: jax.Array
+    kl: jax.Array
+
+
+def _names(speech_model, config) -> tuple[str, ...]:
+    return config.trainable if config.trainable is not None else ENCODER_LAYERS[model_family(speech_model.name)]
+
+
+def split_speech_params(speech_model, params, config: DDGMConfig = DDGMConfig()):
+    """``(encoder, frozen)``: the trainable top-level layers of ``params`` and the rest."""
+    names = set(_names(speech_model, config))
+    enc = {k: v for k, v in params.items() if k in names}
+    if not enc:
+        raise ValueError(f"none of the trainable layers {sorted(names)} is in the {speech_model.name} parameters")
+    return enc, {k: v for k, v in params.items() if k not in names}
+
+
+def merge_speech_params(encoder, frozen):
+    return {**frozen, **encoder}
+
+
+def _frame_mask(power, mask):
+    return jnp.ones(power.shape[:-1], power.dtype) if mask is None else jnp.asarray(mask).astype(power.dtype)
+
+
+def noise_floor(power, mask=None, quantile: float = 0.1):
+    """Per-frequency ``quantile`` of ``power`` (T, F) over the valid frames (jit-safe), floored at 1e-10."""
+    if power.ndim != 2:
+        raise ValueError(f"noise_floor expects one utterance (T, F), got {power.shape}")
+    m = _frame_mask(power, mask) > 0
+    srt = jnp.sort(jnp.where(m[:, None], power, jnp.inf), axis=0)
+    n = jnp.maximum(jnp.sum(m), 1)
+    idx = jnp.floor(quantile * (n - 1)).astype(jnp.int32)
+    return jnp.maximum(srt[idx], 1e-10)
+
+
+def fresh_trainable(speech_model, noise_model, speech_params, key, config: DDGMConfig = DDGMConfig(),
+                    power=None, mask=None):
+    """U-NA starting point: the pretrained encoder layers and a fresh noise network.
+
+    With ``config.noise_init == "floor"``, ``power`` (T, F) (and its ``mask``) set the head bias.
+    """
+    enc, _ = split_speech_params(speech_model, speech_params, config)
+    bias = None
+    if config.noise_init == "floor":
+        if power is None:
+            raise ValueError("noise_init='floor' needs the utterance power")
+        bias = jnp.log(noise_floor(power, mask, config.floor_quantile))
+    return {"speech": enc, "noise": noise_model.init(key, head_bias=bias)}
+
+
+def _speech_noise(z_key, config: DDGMConfig, power, z_dim):
+    """Key or zeros (posterior-mean path) driving the speech encoder."""
+    if config.wf_mode == "mean":
+        return {"z": jnp.zeros(power.shape[:-1] + (z_dim,), power.dtype)}
+    return z_key
+
+
+def forward(speech_model, noise_model, trainable, data: DDGMData, noise):
+    """``(v_s, log v_n, speech Outputs)`` for P (T, [B,] F); ``noise`` drives the encoder (key or dict)."""
+    params = merge_speech_params(trainable["speech"], data.frozen)
+    out = speech_model.forward(params, data.power, noise, mask=None if data.mask is None
+                               else jnp.asarray(data.mask, bool))
+    v_s = jnp.exp(out.x_out.logvar)
+    log_vn = noise_model.apply(trainable["noise"], data.power, out.z, mask=None if data.mask is None
+                               else jnp.asarray(data.mask, bool))
+    return v_s, log_vn, out
+
+
+def loss_fn(speech_model, noise_model, config: DDGMConfig, trainable, data: DDGMData, key):
+    """The loss of the module docstring; returns ``(loss, (recon, kl))`` (both per valid frame)."""
+    v_s, log_vn, out = forward(speech_model, noise_model, trainable, data, key)
+    P = data.power
+    m = _frame_mask(P, data.mask)
+    V = v_s + jnp.exp(log_vn)
+    ratio = jnp.where(m[..., None] > 0, P / V, 1.0)
+    n = jnp.maximum(jnp.sum(m), 1.0)
+    recon = jnp.sum(m[..., None] * (ratio - jnp.log(ratio) - 1.0)) / n
+    q = out.q
+    kl_t = 0.5 * jnp.sum(q.mean**2 + jnp.exp(q.logvar) - q.logvar - 1.0, axis=-1)
+    kl = jnp.sum(m * kl_t) / n
+    return recon + config.beta * kl, (recon, kl)
+
+
+def wiener_gain(speech_model, noise_model, config: DDGMConfig, trainable, data: DDGMData, key):
+    """:math:`G = v_s / (v_s + v_n)` (T, [B,] F), zero on masked frames, and the two variances."""
+    noise = _speech_noise(key, config, data.power, speech_model.config.z_dim)
+    v_s, log_vn, _ = forward(speech_model, noise_model, trainable, data, noise)
+    v_n = jnp.exp(log_vn)
+    G = v_s / (v_s + v_n) * _frame_mask(data.power, data.mask)[..., None]
+    return G, v_s, v_n
+
+
+def _adam(config: DDGMConfig, lr):
+    return optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+
+
+def make_adaptation(speech_model, noise_model, config: DDGMConfig = DDGMConfig()) -> Algorithm:
+    """Per-utterance optimisation of encoder + noise net (U-NA from :func:`fresh_trainable`, U-NDA from
+    the U-ND parameters), decoder frozen.
+
+    Returns:
+      ``Algorithm(init, step)``: ``init(trainable) -> AdaptState`` (fresh Adam state);
+      ``step(key, state, data: DDGMData) -> (AdaptState, AdaptInfo)``, one Adam step.
+    """
+    opt = _adam(config, config.lr)
+
+    def init(trainable) -> AdaptState:
+        trainable = jax.tree.map(jnp.asarray, trainable)
+        return AdaptState(trainable, opt.init(trainable), jnp.zeros((), jnp.int32))
+
+    def step(key, state: AdaptState, data: DDGMData):
+        (loss, (recon, kl)), grads = jax.value_and_grad(
+            lambda t: loss_fn(speech_model, noise_model, config, t, data, key), has_aux=True)(state.trainable)
+        updates, opt_state = opt.update(grads, state.opt_state, state.trainable)
+        return (AdaptState(optax.apply_updates(state.trainable, updates), opt_state, state.iteration + 1),
+                AdaptInfo(loss, recon, kl))
+
+    return Algorithm(init, step)
+
+
+def _vmapped_utterances(fn):
+    """vmap over the utterance axis 1 of time-major (T, B, F) power / (T, B) mask."""
+    return jax.vmap(fn, in_axes=(0, 1, 1, 0), out_axes=(1, 0))
+
+
+def adapt_batch(speech_model, noise_model, config: DDGMConfig, frozen, trainable, power, mask, key, *,
+                shared_start: bool):
+    """U-NA / U-NDA on a padded batch: each utterance gets its own copy of the parameters.
+
+    Args:
+      frozen: frozen speech params. trainable: the start; a single tree shared by all utterances
+        (``shared_start=True``: U-NDA from U-ND, or U-NA with ``noise_init='random'`` and one init) or
+        a tree with a leading utterance axis (``shared_start=False``).
+      power: (T, B, F). mask: (T, B). key: typed key.
+
+    Returns:
+      ``(G (T, B, F), losses (B, n_iter))``; losses are per valid frame, before each step.
+      Pure; wrap in ``jax.jit`` (static model/config/shared_start).
+    """
+    alg = make_adaptation(speech_model, noise_model, config)
+    n_b = power.shape[1]
+    keys = jax.random.split(key, n_b)
+
+    def one(t0, P, m, k):
+        data = DDGMData(P, m, frozen)
+        k_run, k_wf = jax.random.split(k)
+        state = alg.init(t0)
+        if config.n_iter > 0:
+            state, info = run(alg, k_run, state, data, config.n_iter)
+            losses = info.loss
+        else:
+            losses = jnp.zeros((0,), P.dtype)
+        G, _, _ = wiener_gain(speech_model, noise_model, config, state.trainable, data, k_wf)
+        return G, losses
+
+    if shared_start:
+        trainable = jax.tree.map(lambda a: jnp.broadcast_to(a, (n_b,) + a.shape), trainable)
+    return _vmapped_utterances(one)(trainable, power, mask, keys)
+
+
+def apply_batch(speech_model, noise_model, config: DDGMConfig, frozen, trainable, power, mask, key):
+    """U-ND test time: one forward pass of shared parameters on a batch (T, B, F); returns G (T, B, F)."""
+    G, _, _ = wiener_gain(speech_model, noise_model, config, trainable, DDGMData(power, mask, frozen), key)
+    return G
+
+
+def train_nd(speech_model, noise_model, config: DDGMConfig, nd: NDConfig, frozen, trainable, segments,
+             key, *, progress: bool = True, log=print):
+    """U-ND: minimise the DDGM loss over a noisy training set (no clean targets).
+
+    Args:
+      frozen, trainable: frozen speech params and the starting trainable tree (e.g.
+        :func:`fresh_trainable` with a floor estimated on the training set).
+      segments: (N, T, F) noisy power segments (batch-major, as stored); batches are taken in a
+        seeded permutation each epoch, the last incomplete batch dropped.
+      key: typed key.
+
+    Returns:
+      ``(trainable, history)``; history: ``[{"epoch", "loss", "recon", "kl", "seconds"}]``.
+      One jitted epoch = ``lax.scan`` over its batches.
+    """
+    segments = np.asarray(segments, np.float32)
+    n = segments.shape[0]
+    bs = min(nd.batch_size, n)
+    n_batches = n // bs
+    if n_batches < 1:
+        raise ValueError(f"need at least one batch of segments, got {n}")
+    total = nd.epochs * n_batches
+    sched = optax.cosine_decay_schedule(nd.lr, total, alpha=nd.lr_final / nd.lr)
+    opt = _adam(config, sched)
+    opt_state = opt.init(trainable)
+
+    @jax.jit
+    def epoch(trainable, opt_state, batches, k):
+        def body(carry, inputs):
+            t, s = carry
+            P, kb = inputs
+            data = DDGMData(jnp.swapaxes(P, 0, 1), None, frozen)  # (T, B, F)
+            (loss, aux), grads = jax.value_and_grad(
+                lambda tt: loss_fn(speech_model, noise_model, config, tt, data, kb), has_aux=True)(t)
+            updates, s = opt.update(grads, s, t)
+            return (optax.apply_updates(t, updates), s), (loss,) + aux
+
+        keys = jax.random.split(k, batches.shape[0])
+        (trainable, opt_state), (loss, recon, kl) = jax.lax.scan(body, (trainable, opt_state), (batches, keys))
+        return trainable, opt_state, jnp.mean(loss), jnp.mean(recon), jnp.mean(kl)
+
+    history = []
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
+    for e in range(nd.epochs):
+        perm = rng.permutation(n)[: n_batches * bs]
+        batches = jnp.asarray(segments[perm].reshape(n_batches, bs, *segments.shape[1:]))
+        trainable, opt_state, loss, recon, kl = epoch(trainable, opt_state, batches, jax.random.fold_in(key, e))
+        rec = {"epoch": e + 1, "loss": float(loss), "recon": float(recon), "kl": float(kl),
+               "seconds": time.perf_counter() - t0}
+        if not math.isfinite(rec["loss"]):
+            raise FloatingPointError(f"U-ND training diverged at epoch {e + 1}: {rec}")
+        history.append(rec)
+        if progress:
+            log(f"  U-ND epoch {e + 1}/{nd.epochs}: loss {rec['loss']:.3f} (IS {rec['recon']:.3f}, "
+                f"KL {rec['kl']:.3f}) {rec['seconds']:.0f} s")
+        if nd.time_budget_s is not None and rec["seconds"] > nd.time_budget_s:
+            break
+    return trainable, history
