@@ -29,7 +29,7 @@ import numpy as np
 
 from vdvae_jax.data.audio import load_wav
 
-__all__ = ["SPLITS", "Utterance", "Corpus", "build_default_corpus", "default_cache_dir"]
+__all__ = ["SPLITS", "Utterance", "Corpus", "build_default_corpus", "default_cache_dir", "manifest_complete"]
 
 SPLITS = ("train", "val", "test", "babble")
 SR = 16000
@@ -95,6 +95,19 @@ ESPEAK_SR = 22050
 _EV_END_OF_LIST, _EV_WORD, _EV_PHONEME = 0, 1, 7
 _P_RATE, _P_PITCH, _P_RANGE = 1, 3, 4
 
+
+
+def manifest_complete(root: str | os.PathLike, entries: str) -> bool:
+    """True if ``root/manifest.json`` exists, parses, and every file of its list ``entries`` exists
+    (``entry["path"]`` relative to ``root``): a build that was killed half-way is not complete."""
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        return False
+    try:
+        items = json.loads(path.read_text())[entries]
+    except (ValueError, KeyError):
+        return False
+    return all((Path(root) / item["path"]).is_file() for item in items)
 
 class _Id(ctypes.Union):
     _fields_ = [("number", c_int), ("name", c_char_p), ("string", c_char * 8)]
@@ -355,14 +368,7 @@ class Corpus:
     @staticmethod
     def is_complete(root: str | os.PathLike) -> bool:
         """True if ``root`` has a manifest and every WAV it lists."""
-        path = Path(root) / "manifest.json"
-        if not path.is_file():
-            return False
-        try:
-            utts = json.loads(path.read_text())["utterances"]
-        except (ValueError, KeyError):
-            return False
-        return all((Path(root) / u["path"]).is_file() for u in utts)
+        return manifest_complete(root, "utterances")
 
     @staticmethod
     def _check(split: str) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from vdvae_jax.data.audio import load_wav, save_wav, segment_waveform
-from vdvae_jax.data.corpus import Corpus, build_default_corpus, default_cache_dir
+from vdvae_jax.data.corpus import Corpus, build_default_corpus, default_cache_dir, manifest_complete
 from vdvae_jax.data.noise import NOISE_TYPES, amplitude_modulated, babble, mix_at_snr, make_noise
 from vdvae_jax.data.stft import StftConfig, power_spectrogram_reference
 
@@ -159,14 +159,8 @@ class NoisyCorpus:
 
     @staticmethod
     def is_complete(root: str | os.PathLike) -> bool:
-        path = Path(root) / "manifest.json"
-        if not path.is_file():
-            return False
-        try:
-            mix = json.loads(path.read_text())["mixtures"]
-        except (ValueError, KeyError):
-            return False
-        return all((Path(root) / m["path"]).is_file() for m in mix)
+        """True if ``root`` has a manifest and every mixture WAV it lists."""
+        return manifest_complete(root, "mixtures")
 
     def mixtures(self, split: str | None = None, *, snr: float | None = None,
                  noise: str | None = None) -> list[Mixture]:
