@@ -225,3 +225,17 @@ def test_vem_traces(shared_dir):
             pytest.skip(f"{name} not available")
         for r in check_vem_trace(base / name):
             assert r.passed, r.line() + "\n" + "\n".join(r.failures)
+
+
+def test_vem_time_chain_reads_inputs_as_the_trained_model():
+    """A prior trained on log-power (``input_transform="log"``) is read the same way by the VEM-time
+    decoder chain as by the model it was trained as (h_t from x_{t-1})."""
+    from vdvae_jax.models import build
+    from vdvae_jax.models.srnn_mixdvae import h_teacher_forced
+
+    model = build("srnn_scass", x_dim=12, z_dim=3, dense_x_h=(8,), dim_rnn_h=6, dense_hx_g=(8,), dim_rnn_g=6,
+                  dense_gz_z=(5,), dense_hz_z=(5,), dense_hz_x=(8,), input_transform="log")
+    x = jnp.exp(jax.random.normal(jax.random.key(1), (7, 2, 12)))
+    params = model.init(jax.random.key(0), x)
+    out = model.forward(params, x, jax.random.key(2))
+    np.testing.assert_allclose(h_teacher_forced(params, model.config, x), out.extras["h_inf"], rtol=1e-6)

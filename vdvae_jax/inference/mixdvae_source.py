@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 
 from vdvae_jax.distributions import Gaussian, kl_gaussian, observation_nll
-from vdvae_jax.models.base import draw_step, step_noise
+from vdvae_jax.models.base import draw_step, network_input, step_noise
 from vdvae_jax.models.srnn_mixdvae import decoder_from_h, encoder_for, prior_from_h
 from vdvae_jax.nn.layers import lstm_project, lstm_step, mlp, zero_carry
 
@@ -117,7 +117,7 @@ class SCASSSourceUpdate(NamedTuple):
 
 def _lstm_input_step(params, config, state, x_in):
     p_h = params["rnn_h"]["forward"]
-    b = mlp(params.get("mlp_x_h"), x_in, config.dense_x_h, config.activation)
+    b = mlp(params.get("mlp_x_h"), network_input(config, x_in), config.dense_x_h, config.activation)
     return lstm_step(p_h, state, lstm_project(p_h, b))
 
 

@@ -46,7 +46,8 @@ import jax.numpy as jnp
 
 from vdvae_jax.convert import state_dict_to_params
 from vdvae_jax.distributions import Gaussian
-from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, draw_step, noise_array, step_noise
+from vdvae_jax.models.base import (DVAE, DVAEConfig, Outputs, draw_step, network_input, noise_array,
+                                   step_noise)
 from vdvae_jax.models.heads import decoder_head, gaussian_head, init_gaussian_head
 from vdvae_jax.models.srnn import (SRNNConfig, init_h_chain, init_prior_and_decoder, init_srnn_block,
                                   make_srnn)
@@ -118,7 +119,8 @@ def h_teacher_forced(params, config, x: jax.Array) -> jax.Array:
     """:math:`h_t = \\mathrm{LSTM}(\\phi(x_{t-1}))` with :math:`x_{-1} = 0`; x is (T, [B,] x_dim)."""
     x_prev = jnp.concatenate([jnp.zeros_like(x[:1]), x[:-1]], axis=0)
     return lstm_scan(params["rnn_h"]["forward"],
-                     mlp(params.get("mlp_x_h"), x_prev, config.dense_x_h, config.activation))
+                     mlp(params.get("mlp_x_h"), network_input(config, x_prev), config.dense_x_h,
+                         config.activation))
 
 
 def decoder_from_h(params, config, z: jax.Array, h: jax.Array) -> Gaussian:
@@ -140,7 +142,7 @@ def _mot_encode_from_h(params, config, x, h, noise):
 
     def step(z_prev, inputs):
         h_t, x_t, noise_t = inputs
-        u = mlp(params.get("mlp_gz_z"), jnp.concatenate([h_t, x_t, z_prev], axis=-1), c.dense_gz_z,
+        u = mlp(params.get("mlp_gz_z"), jnp.concatenate([h_t, network_input(c, x_t), z_prev], axis=-1), c.dense_gz_z,
                 c.activation)
         q_t = gaussian_head(params, u, "inf")
         z_t = q_t.sample(draw_step(noise_t, x.shape[1:-1] + (c.z_dim,)))
@@ -205,7 +207,8 @@ def make_srnn_mot(config: MOTSRNNConfig = MOTSRNNConfig()) -> DVAE:
         def step(carry, inputs):
             state, x_hat = carry
             z_t, h_tf_t, coin_t, eps_t = inputs
-            state, h_gen_t = lstm_step(p_h, state, lstm_project(p_h, mlp(params.get("mlp_x_h"), x_hat,
+            state, h_gen_t = lstm_step(p_h, state, lstm_project(p_h, mlp(params.get("mlp_x_h"),
+                                                                             network_input(c, x_hat),
                                                                              c.dense_x_h, act)))
             h_t = jnp.where(coin_t[..., None] < use_pred, h_gen_t, h_tf_t)
             out_t = decoder_from_h(params, c, z_t, h_t)
