@@ -41,8 +41,8 @@ def test_quickstart_smoke(tmp_path):
 
 
 def test_bench_train_step_smoke(tmp_path):
-    out = run([str(REPO / "benchmarks/bench_train_step.py"), "--smoke", "--out", str(tmp_path / "b.jsonl")],
-              tmp_path)
+    out = run([str(REPO / "benchmarks/bench_train_step.py"), "--smoke", "--models", "vae", "srnn",
+               "--out", str(tmp_path / "b.jsonl")], tmp_path)
     records = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
     assert records[0]["bench"] == "matmul" and records[0]["flops_per_s"] > 0
     for rec in records[1:]:
@@ -59,7 +59,8 @@ def test_bench_vem_smoke(tmp_path):
 
 
 def test_bench_sources_smoke(tmp_path):
-    run([str(REPO / "benchmarks/bench_sources.py"), "--smoke", "--out", str(tmp_path / "s.jsonl")], tmp_path)
+    run([str(REPO / "benchmarks/bench_sources.py"), "--smoke", "--modes", "vmap", "loop",
+         "--out", str(tmp_path / "s.jsonl")], tmp_path)
     records = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert records and all(np.isfinite(r.get("steady_s", 0.0)) for r in records)
 
