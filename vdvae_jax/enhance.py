@@ -37,6 +37,7 @@ import numpy as np
 
 from vdvae_jax.data.audio import AudioError, validate_waveform
 from vdvae_jax.data.stft import StftConfig, istft_librosa, stft_librosa
+from vdvae_jax.evaluation import bucket_length
 from vdvae_jax.inference import nmf
 from vdvae_jax.inference.base import run
 from vdvae_jax.inference.se_vem import (ENHANCE_DEFAULTS, VB_SETTINGS, WSJ_SETTINGS, SEVEMConfig,
@@ -51,6 +52,21 @@ STFT = StftConfig(pad_mode="constant")
 
 class PriorError(ValueError):
     """A prior cannot be used: missing, unreadable / corrupt, or weights that do not fit its config."""
+
+
+def check_bins(model) -> None:
+    """The prior must model the ``n_fft // 2 + 1`` bins of :data:`STFT`."""
+    if model.config.x_dim != STFT.n_fft // 2 + 1:
+        raise PriorError(f"prior {model.name} models {model.config.x_dim} bins, the STFT gives "
+                         f"{STFT.n_fft // 2 + 1}")
+
+
+def analyse(noisy, sr: int, name: str):
+    """The reference pre-processing: ``(x, peak, X)`` = validated waveform, its peak, and the STFT
+    ``(N, F)`` of ``x / peak``; resynthesise with ``istft_librosa(S, STFT, length=len(x)) * peak``."""
+    x = validate_waveform(np.asarray(noisy), sr, expected_sr=STFT.sr, min_samples=STFT.n_fft, name=name)
+    peak = float(np.max(np.abs(x)))
+    return x, peak, stft_librosa(x / peak, STFT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,16 +340,11 @@ def enhance(noisy: np.ndarray, sr: int, prior, *, method: str = "nmf",
     if not isinstance(config, (EnhanceConfig, SEVEMConfig)):
         raise TypeError(f"config must be an EnhanceConfig, an SEVEMConfig or a preset name, "
                         f"got {type(config).__name__}")
-    x = validate_waveform(np.asarray(noisy), sr, expected_sr=STFT.sr, min_samples=STFT.n_fft,
-                          name=name)
+    x, peak, X = analyse(noisy, sr, name)  # X: (N, F)
     model, params = load_prior(prior)
-    if model.config.x_dim != STFT.n_fft // 2 + 1:
-        raise PriorError(f"prior {model.name} models {model.config.x_dim} bins, the STFT gives "
-                         f"{STFT.n_fft // 2 + 1}")
-    peak = float(np.max(np.abs(x)))
-    X = stft_librosa(x / peak, STFT)  # (N, F)
+    check_bins(model)
     n = X.shape[0]
-    n_pad = -(-n // bucket) * bucket
+    n_pad = bucket_length(n, bucket)
     X_pad = np.zeros((n_pad, X.shape[1]), np.complex64)
     X_pad[:n] = X
     mask = np.arange(n_pad) < n

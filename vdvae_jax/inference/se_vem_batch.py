@@ -164,9 +164,9 @@ def enhance_waveforms(waves, sr: int, prior, config: SEVEMConfig = VB_SETTINGS, 
     """
     from tqdm.auto import tqdm
 
-    from vdvae_jax.data.audio import validate_waveform
-    from vdvae_jax.data.stft import istft_librosa, stft_librosa
-    from vdvae_jax.enhance import STFT, load_prior
+    from vdvae_jax.data.stft import istft_librosa
+    from vdvae_jax.enhance import STFT, analyse, check_bins, load_prior
+    from vdvae_jax.evaluation import bucket_length
 
     _check_config(config)
     if bucket < 1 or batch_size < 1:
@@ -175,24 +175,16 @@ def enhance_waveforms(waves, sr: int, prior, config: SEVEMConfig = VB_SETTINGS, 
     if not waves:
         return ([], []) if return_noise else []
     model, params = load_prior(prior)
+    check_bins(model)
     f = STFT.n_fft // 2 + 1
-    if model.config.x_dim != f:
-        raise ValueError(f"prior {model.name} models {model.config.x_dim} bins, the STFT gives {f}")
     key = jax.random.key(0) if key is None else key
     keys = jax.random.split(key, len(waves))
 
-    xs, peaks, stfts = [], [], []
-    for i, w in enumerate(waves):
-        x = validate_waveform(np.asarray(w), sr, expected_sr=STFT.sr, min_samples=STFT.n_fft,
-                              name=f"noisy waveform {i}")
-        peak = float(np.max(np.abs(x)))
-        xs.append(x)
-        peaks.append(peak)
-        stfts.append(stft_librosa(x / peak, STFT))  # (N_i, F)
+    xs, peaks, stfts = zip(*(analyse(w, sr, f"noisy waveform {i}") for i, w in enumerate(waves)))
 
     groups: dict[int, list[int]] = {}
-    for i, X in enumerate(stfts):
-        groups.setdefault(-(-X.shape[0] // bucket) * bucket, []).append(i)
+    for i, X in enumerate(stfts):  # X: (N_i, F)
+        groups.setdefault(bucket_length(X.shape[0], bucket), []).append(i)
 
     speech, noise = [None] * len(waves), [None] * len(waves)
     with tqdm(total=len(waves), desc="enhance", unit="utt", disable=not progress) as bar:
