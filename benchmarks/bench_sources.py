@@ -4,6 +4,7 @@
     python benchmarks/bench_sources.py --parts sources --sources 1 2 4 8 16 32 --lengths 60
     python benchmarks/bench_sources.py --parts mot scass      # whole-run targets of the issue
     python benchmarks/bench_sources.py --smoke                # tiny, < 30 s, for the test suite
+    python benchmarks/bench_sources.py --parts mot --xla-default   # MOT with XLA:CPU default options
 
 Parts (each record has ``compile_s`` = lowering + XLA compilation (wall), and steady-state seconds = min
 over ``--repeat`` calls after a warm-up, both as wall time (``*_wall_s`` / ``step_s``) and as this
@@ -47,7 +48,7 @@ import numpy as np  # noqa: E402
 
 from common import emit, environment  # noqa: E402
 from vdvae_jax.inference import mixdvae as mv  # noqa: E402
-from vdvae_jax.inference.base import run  # noqa: E402
+from vdvae_jax.inference.base import jit_small, run  # noqa: E402
 from vdvae_jax.models.srnn_mixdvae import (MOTSRNNConfig, SCASSSRNNConfig, make_srnn_mot,  # noqa: E402
                                            make_srnn_scass)
 
@@ -85,19 +86,21 @@ def bench_sources(args, out):
             for mode in args.modes:
                 alg = mv.mot_vem(MOTSRNNConfig(), mv.MOTOptions(init="constant"), source_map=mode, record=False)
                 state = alg.init(jax.random.key(0), data)
-                c, wall, cpu, _ = _time(alg.step, jax.random.key(1), state, data, repeat=args.repeat)
+                c, wall, cpu, _ = _time(alg.step, jax.random.key(1), state, data, repeat=args.repeat,
+                                       small=not args.xla_default)
                 per = cpu / S
                 if S == 1:
                     per_source_1[(mode, T)] = per
                 base = per_source_1.get((mode, T))
-                emit({"bench": "sources", "mode": mode, "S": S, "K": K, "T": T, "batch": args.batch,
+                emit({"bench": "sources", "mode": mode, "xla_default": args.xla_default, "S": S, "K": K, "T": T, "batch": args.batch,
                       "compile_s": round(c, 3), "step_s": wall, "step_cpu_s": cpu, "per_source_cpu_s": per,
                       "vmap_efficiency": (base / per) if base else None}, out)
 
 
-def _time(fn, *a, repeat):
-    """(compile wall s, best steady wall s, best steady process-CPU s, result)."""
-    jitted = jax.jit(fn)
+def _time(fn, *a, repeat, small=False):
+    """(compile wall s, best steady wall s, best steady process-CPU s, result); ``small``: compile with
+    :func:`~vdvae_jax.inference.base.jit_small` (as ``solve`` and ``track`` do for MOT)."""
+    jitted = jit_small(fn) if small else jax.jit(fn)
     t0 = time.perf_counter()
     compiled = jitted.lower(*a).compile()
     compile_s = time.perf_counter() - t0
@@ -116,10 +119,11 @@ def bench_mot(args, out):
     alg = mv.mot_vem(MOTSRNNConfig(), options)
     for T in args.lengths:
         data = mv.mot_data(params, tracks(T, args.batch, 3, seed=T))
-        c_init, w_init, t_init, state = _time(alg.init, jax.random.key(0), data, repeat=args.repeat)
+        small = not args.xla_default
+        c_init, w_init, t_init, state = _time(alg.init, jax.random.key(0), data, repeat=args.repeat, small=small)
         c_run, w_run, t_run, _ = _time(lambda k, s, d: run(alg, k, s, d, args.iters), jax.random.key(1), state,
-                                       data, repeat=args.repeat)
-        rec = {"bench": "mot_whole_run", "T": T, "batch": args.batch, "sources": 3, "iters": args.iters,
+                                       data, repeat=args.repeat, small=small)
+        rec = {"bench": "mot_whole_run", "xla_default": args.xla_default, "T": T, "batch": args.batch, "sources": 3, "iters": args.iters,
                "init_iters": args.init_iters, "compile_init_s": round(c_init, 3), "compile_iters_s": round(c_run, 3),
                "init_wall_s": w_init, "iters_wall_s": w_run, "init_cpu_s": t_init, "iters_cpu_s": t_run,
                "per_iter_cpu_s": t_run / args.iters, "whole_run_cpu_s": t_init + t_run,
@@ -168,6 +172,8 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=None, help="append the JSON lines to this file")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (< 30 s)")
+    ap.add_argument("--xla-default", action="store_true",
+                    help="MOT parts: compile with XLA's default CPU options instead of jit_small's")
     args = ap.parse_args(argv)
     scass_config = SCASS_PUBLISHED
     if args.smoke:

@@ -15,12 +15,20 @@ pre-drawn noise arrays that the algorithm documents. The library never jits: cal
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Algorithm", "run"]
+__all__ = ["Algorithm", "run", "SMALL_MATRIX_CPU_OPTIONS", "small_matrix_compiler_options", "jit_small"]
+
+#: XLA:CPU compiler options for models whose matrices are tiny (the MixDVAE MOT SRNN: 4-32 wide).
+#: Recent XLA:CPU hands dots and reductions to YNNPACK library fusions; for contractions over 4-16
+#: rows and reductions over 3-4 coordinates these run several times slower than XLA's own loops,
+#: and they break a ``lax.scan`` body into separate library calls. An empty list turns them off
+#: (``benchmarks/bench_sources.py --parts mot --xla-default`` measures the difference).
+SMALL_MATRIX_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 class Algorithm(NamedTuple):
@@ -65,3 +73,21 @@ def run(algorithm: Algorithm, key, state, data, n_iter: int | None = None):
         return algorithm.step(k, s, data)
 
     return jax.lax.scan(body, state, xs)
+
+
+@functools.cache
+def small_matrix_compiler_options() -> dict | None:
+    """:data:`SMALL_MATRIX_CPU_OPTIONS` when the default backend is a CPU whose XLA accepts them (probed
+    once with a trivial compilation), else ``None`` (other backends, or an XLA without the option)."""
+    if jax.default_backend() != "cpu":
+        return None
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=SMALL_MATRIX_CPU_OPTIONS).lower(1.0).compile()
+    except Exception:  # noqa: BLE001 - an XLA that does not know the option: plain compilation
+        return None
+    return dict(SMALL_MATRIX_CPU_OPTIONS)
+
+
+def jit_small(fun: Callable, **jit_kwargs) -> Callable:
+    """``jax.jit`` with :func:`small_matrix_compiler_options` (for tiny-matrix models on the CPU)."""
+    return jax.jit(fun, compiler_options=small_matrix_compiler_options(), **jit_kwargs)

@@ -91,7 +91,7 @@ import optax
 
 from vdvae_jax.distributions import Gaussian, observation_nll
 from vdvae_jax.inference import mixdvae_source as ms
-from vdvae_jax.inference.base import Algorithm, run
+from vdvae_jax.inference.base import Algorithm, jit_small, run
 
 __all__ = [
     "MOTOptions", "SCASSOptions", "MOTData", "SCASSData", "MOTState", "SCASSState", "MOTInfo", "SCASSInfo",
@@ -336,9 +336,14 @@ def _map_sources(fn, params, params_axis, xs, S, mode):
 
 
 def _softmax_sources(log_beta, floor):
-    if floor > 0:
-        log_beta = jnp.logaddexp(log_beta, math.log(floor))
-    return jax.nn.softmax(log_beta, axis=0)
+    """:math:`(\\beta_n + \\epsilon) / \\sum_m (\\beta_m + \\epsilon)` over sources (axis 0) from
+    :math:`\\log\\beta`, shifted by :math:`M = \\max(\\max_n \\log\\beta_n, \\log\\epsilon)` so that nothing
+    overflows: one exponential per element (a log-domain ``logaddexp`` then softmax costs three)."""
+    if floor <= 0:
+        return jax.nn.softmax(log_beta, axis=0)
+    shift = jnp.maximum(jnp.max(log_beta, axis=0), math.log(floor))
+    e = jnp.exp(log_beta - shift) + jnp.exp(math.log(floor) - shift)
+    return e / jnp.sum(e, axis=0)
 
 
 def _freeze(done, new, old):
@@ -387,16 +392,25 @@ def mot_phi_from_boxes(boxes, valid, ratio):
     return jnp.where(ok[..., None], var, mean[..., None, :])
 
 
+def _sum_coords(x):
+    """Sum over the (4) box coordinates, written out: XLA:CPU runs a reduction over such a short axis
+    several times slower than the unrolled adds, which fuse with the surrounding elementwise ops."""
+    out = x[..., 0]
+    for j in range(1, x.shape[-1]):
+        out = out + x[..., j]
+    return out
+
+
 def _mot_distance(obs, phi, mean, var):
     """(o - m)^T Phi^-1 (o - m) and tr(Phi^-1 Sigma), (S, T, [B,] K), all diagonal."""
     d = obs[None] - mean[..., None, :]
-    return jnp.sum(d * d / phi, -1), jnp.sum(var[..., None, :] / phi, -1)
+    return _sum_coords(d * d / phi), _sum_coords(var[..., None, :] / phi)
 
 
 def mot_assignment(obs, mask, phi, mean, var, gamma, floor):
     """E-W for MOT: eta (S, T, [B,] K), rows over sources sum to one where ``mask``, 0 elsewhere."""
     maha, trace = _mot_distance(obs, phi, mean, var)
-    log_beta = -0.5 * jnp.sum(jnp.log(phi), -1) - 0.5 * gamma * (maha + trace)
+    log_beta = -0.5 * _sum_coords(jnp.log(phi)) - 0.5 * gamma * (maha + trace)
     return jnp.where(mask, _softmax_sources(log_beta, floor), 0.0)
 
 
@@ -439,6 +453,38 @@ def _mot_printed(eta, obs, phi, mean, var, dvae_losses):
     loss_qwqs = jnp.sum(eta * 0.5 * (jnp.sum(jnp.log(phi), -1) + maha + trace)) / (S * bt * K)
     loss_dvae = jnp.mean(dvae_losses)
     return loss_qwqs + loss_dvae + loss_qw + loss_qs, loss_dvae, loss_qwqs, loss_qw, loss_qs
+
+
+def _mot_diagnostics(eta, mask, obs, phi, mean, var, dec: Gaussian, q: Gaussian, p: Gaussian, dvae_losses):
+    """The printed losses of :func:`_mot_printed` and the total ELBO of :func:`mot_elbo_terms` (summed
+    over the batch) in one pass: the expected observation cost
+    :math:`\\tfrac12[\\log|\\Phi| + (o-m)^\\top\\Phi^{-1}(o-m) + \\mathrm{tr}(\\Phi^{-1}\\Sigma)]` is computed once
+    and every sum over the same shape is one reduction of stacked terms (the two reference functions
+    re-derive it per term: a third of a MOT iteration's time went there). Same values up to rounding
+    (``tests/test_mixdvae_vem.py``)."""
+    S, K = eta.shape[0], eta.shape[-1]
+    bt = math.prod(mean.shape[1:-1])
+    d = obs[None] - mean[..., None, :]
+    half_cost = jax.lax.optimization_barrier(
+        0.5 * _sum_coords(jnp.log(phi) + (d * d + var[..., None, :]) / phi))      # (S, T, [B,] K)
+    per_k = jnp.sum(jnp.stack([eta * half_cost, eta * jnp.log(eta + 1e-10), _xlogx(eta)]),
+                    axis=tuple(range(1, eta.ndim + 1)))
+    per_coord = jnp.sum(jnp.stack([
+        jnp.log(var),
+        dec.logvar + ((mean - dec.mean) ** 2 + var) * jnp.exp(-dec.logvar)]), axis=tuple(range(1, mean.ndim + 1)))
+    kl = 0.5 * jnp.sum(p.logvar - q.logvar + (jnp.exp(q.logvar) + (q.mean - p.mean) ** 2) * jnp.exp(-p.logvar) - 1.0)
+    n_obs, n_coord = jnp.sum(mask), mean.size
+    loss_qwqs, loss_qw = per_k[0] / (S * bt * K), per_k[1] / (S * bt * K)
+    loss_qs = -0.5 * per_coord[0] / (bt * S)
+    loss_dvae = jnp.mean(dvae_losses)
+    printed = (loss_qwqs + loss_dvae + loss_qw + loss_qs, loss_dvae, loss_qwqs, loss_qw, loss_qs)
+    elbo = (-(2 * _LOG2PI) * jnp.sum(eta) - per_k[0]          # E log p(o|w,s)
+            - math.log(S) * n_obs                           # E log p(w)
+            - per_k[2]                                      # H[q(w)]
+            + 0.5 * ((_LOG2PI + 1.0) * n_coord + per_coord[0])   # H[q(s)]
+            - 0.5 * (_LOG2PI * n_coord + per_coord[1])      # E log p(s | z)
+            - kl)
+    return printed, elbo
 
 
 def _mot_phi_update(mode, obs, mask, eta, mean, var, phi, floor):
@@ -569,9 +615,8 @@ def mot_vem(config, options: MOTOptions = MOTOptions(), *, params_stacked: bool 
         else:
             upd, params, opt_state = es(key, state, state.eta, data)
             eta = mot_assignment(data.obs, data.mask, state.phi, upd.mean, upd.var, o.ew_gamma, o.beta_floor)
-        printed = _mot_printed(eta, data.obs, state.phi, upd.mean, upd.var, upd.loss)
-        terms = mot_elbo_terms(eta, data.mask, data.obs, state.phi, upd.mean, upd.var, upd.dec, upd.q, upd.p)
-        elbo = jnp.sum(terms["elbo"])
+        printed, elbo = _mot_diagnostics(eta, data.mask, data.obs, state.phi, upd.mean, upd.var, upd.dec, upd.q,
+                                         upd.p, upd.loss)
         phi = _mot_phi_update(o.phi_update, data.obs, data.mask, eta, upd.mean, upd.var, state.phi,
                               o.phi_floor)
         conv = _converged(elbo, state.elbo, state.iteration, o.tol)
@@ -745,7 +790,8 @@ def solve(algorithm: Algorithm, key, data, n_iter: int, *, init_key=None, jit: b
             raise ValueError("init_key is required when key is a noise pytree")
         init_key, key = jax.random.split(key)
 
-    fn = _jitted(algorithm, n_iter) if jit else functools.partial(_go, algorithm, n_iter)
+    small = isinstance(data, MOTData)   # tiny MOT matrices: compiled without YNNPACK fusions (see base)
+    fn = _jitted(algorithm, n_iter, small) if jit else functools.partial(_go, algorithm, n_iter)
     return fn(init_key, key, data)
 
 
@@ -757,10 +803,11 @@ def _go(algorithm, n_iter, init_key, key, data):
 _JIT_CACHE: dict = {}
 
 
-def _jitted(algorithm, n_iter):
-    k = (id(algorithm.init), id(algorithm.step), n_iter)
+def _jitted(algorithm, n_iter, small):
+    k = (id(algorithm.init), id(algorithm.step), n_iter, small)
     if k not in _JIT_CACHE:
-        _JIT_CACHE[k] = (algorithm, jax.jit(functools.partial(_go, algorithm, n_iter)))
+        jit = jit_small if small else jax.jit
+        _JIT_CACHE[k] = (algorithm, jit(functools.partial(_go, algorithm, n_iter)))
     return _JIT_CACHE[k][1]
 
 

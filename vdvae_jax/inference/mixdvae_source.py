@@ -45,6 +45,7 @@ SC-ASS ``recon = IS(|s|^2, v_theta)``; ``kl`` = KL_ref as configured; ``loss = r
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -52,9 +53,9 @@ import jax
 import jax.numpy as jnp
 
 from vdvae_jax.distributions import Gaussian, kl_gaussian, observation_nll
-from vdvae_jax.models.base import draw_step, network_input, step_noise
+from vdvae_jax.models.base import drawn_steps, network_input
 from vdvae_jax.models.srnn_mixdvae import decoder_from_h, encoder_for, prior_from_h
-from vdvae_jax.nn.layers import lstm_project, lstm_step, mlp, zero_carry
+from vdvae_jax.nn.layers import ACTIVATIONS, lstm_project, lstm_step, mlp, unrolled_matmul, zero_carry
 
 __all__ = [
     "MOTSourceUpdate",
@@ -150,38 +151,111 @@ def mot_source_update(params, config, x_init, eta, phi_inv, obs, frame0, noise, 
       mask: optional (T, [B,] K) bool (False = missing detection); NaNs in ``obs``/``eta`` are masked too.
       t0_var: decoder variance pinned at t = 0 (1e-5 in the reference).
       beta: KL weight of ``loss``.
+
+    The encoder (teacher-forced LSTM on ``x_init``, causal z chain) and the decoder recursion of E-S are
+    causal in t and read nothing of each other's future, so they run as **one** ``lax.scan``: the two
+    LSTM chains (same weights) step together as a stacked pair, everything that does not depend on
+    the recursion (input projections, the ``x_t`` part of the encoder's first layer, the noise) is
+    computed for all frames before it.
     """
     c = config
-    encode = encoder_for(c)
-    z, q, _ = encode(params, x_init, noise)
     w, o = observation_weights(eta, obs, mask)
     lam_obs = jnp.sum(w[..., None] * phi_inv, axis=-2)          # (T, [B,] 4) sum_k eta_k Phi_k^-1
     eta_obs = jnp.sum(w[..., None] * phi_inv * o, axis=-2)      # sum_k eta_k Phi_k^-1 o_k
     batch = x_init.shape[1:-1]
-    first = jnp.arange(x_init.shape[0]) == 0
-    frame0 = jnp.broadcast_to(frame0, batch + (c.x_dim,))
-    t0_logvar = math.log(t0_var)
-
-    def step(carry, inputs):
-        state, x_in = carry
-        z_t, lam_t, eo_t, first_t = inputs
-        state, h_t = _lstm_input_step(params, c, state, x_in)
-        dec = decoder_from_h(params, c, z_t, h_t)
-        mean = jnp.where(first_t, frame0, dec.mean)
-        logvar = jnp.where(first_t, jnp.full_like(dec.logvar, t0_logvar), dec.logvar)
-        prec_dec = 1.0 / jnp.exp(logvar)
-        var = 1.0 / (lam_t + prec_dec)
-        m = var * (eo_t + mean * prec_dec)
-        return (state, m), (m, var, mean, logvar, h_t)
-
-    carry0 = (zero_carry(batch, c.dim_rnn_h, frame0.dtype), frame0)
-    _, (m, var, mean, logvar, h_dec) = jax.lax.scan(step, carry0, (z, lam_obs, eta_obs, first))
+    length = x_init.shape[0]
+    frame0 = jnp.broadcast_to(frame0, batch + (c.x_dim,)).astype(x_init.dtype)
+    eps_z = drawn_steps(noise, "z", length, batch + (c.z_dim,))
+    m, var, mean, logvar, z, q, h_dec = _mot_chains(params, c, x_init, lam_obs, eta_obs, frame0, eps_z,
+                                                    math.log(t0_var))
     dec = Gaussian(mean, logvar)
-    p = prior_from_h(params, c, z, h_dec)
+    p = _mot_prior(params, c, z, h_dec)
     steps = math.prod(x_init.shape[:-1])
     recon = observation_nll("gaussian", m, dec, reference=c.gaussian_reference_nll) / steps
     kl = kl_gaussian(q, p, mode=c.kl_mode, var_eps=c.kl_var_eps) / steps
     return MOTSourceUpdate(m, var, dec, z, q, p, h_dec, recon, kl, recon + beta * kl)
+
+
+def _sigmoid(x):
+    """:math:`\\sigma(x) = \\tfrac12(1 + \\tanh(x/2))`: one tanh, cheaper on XLA:CPU than the logistic op."""
+    return 0.5 * jnp.tanh(0.5 * x) + 0.5
+
+
+def _small_mlp(params, activation, name, widths, parts):
+    """MLP ``name`` on the concatenation of ``parts`` (never built) with unrolled products; returns
+    ``[output]`` (``parts`` itself for no widths)."""
+    act = ACTIVATIONS[activation]
+    for n in range(len(widths)):
+        layer = params[name][f"linear{n}"]
+        parts = [act(unrolled_matmul(parts, layer["kernel"]) + layer["bias"])]
+    return parts
+
+
+def _small_heads(params, prefix_mean, prefix_logvar, parts):
+    """Two dense heads (mean, log-variance) as one unrolled product of their concatenated kernels."""
+    kernel = jnp.concatenate([params[prefix_mean]["kernel"], params[prefix_logvar]["kernel"]], axis=-1)
+    bias = jnp.concatenate([params[prefix_mean]["bias"], params[prefix_logvar]["bias"]], axis=-1)
+    # materialised once: otherwise XLA recomputes the product inside each consumer's fusion
+    out = jax.lax.optimization_barrier(unrolled_matmul(parts, kernel) + bias)
+    half = out.shape[-1] // 2
+    return out[..., :half], out[..., half:]
+
+
+def _mot_prior(params, c, z, h_dec):
+    """:func:`~vdvae_jax.models.srnn_mixdvae.prior_from_h` for the MOT SRNN with unrolled products."""
+    z_prev = jnp.concatenate([jnp.zeros_like(z[:1]), z[:-1]], axis=0)
+    u = _small_mlp(params, c.activation, "mlp_hz_z", c.dense_hz_z, [h_dec, z_prev])
+    return Gaussian(*_small_heads(params, "prior_mean", "prior_logvar", u))
+
+
+def _mot_chains(params, c, x_init, lam_obs, eta_obs, frame0, eps_z, t0_logvar):
+    """One scan over t of E-Z and E-S (see :func:`mot_source_update`); time-major outputs
+    ``(m, var, dec_mean, dec_logvar, z, q, h_dec)``.
+
+    Per step, with the encoder chain :math:`h^{enc}_t = \\mathrm{LSTM}(h^{enc}_{t-1}, \\phi(x_{t-1}))` and
+    the decoder chain :math:`h^{dec}_t = \\mathrm{LSTM}(h^{dec}_{t-1}, \\phi(m_{t-1}))` (:math:`x_{-1} = 0`,
+    :math:`m_{-1}` = ``frame0``): :math:`\\tilde z_t \\sim q(z_t | h^{enc}_t, x_t, \\tilde z_{t-1})`, then the
+    decoder at :math:`(h^{dec}_t, \\tilde z_t)` and the closed-form E-S update.
+
+    The MOT SRNN's matrices are tiny (4-16 rows): inside the step every product is an
+    :func:`~vdvae_jax.nn.layers.unrolled_matmul`, so XLA fuses each layer with its activation.
+    """
+    p_h = params["rnn_h"]["forward"]
+    H = c.dim_rnn_h
+    layers = functools.partial(_small_mlp, params, c.activation)
+    heads = functools.partial(_small_heads, params)
+
+    def x_to_gates(x):                   # lstm_project(phi(x)) for one frame
+        u = layers("mlp_x_h", c.dense_x_h, [network_input(c, x)])
+        return unrolled_matmul(u, p_h["kernel_ih"]) + p_h["bias"]
+
+    x_prev = jnp.concatenate([jnp.zeros_like(x_init[:1]), x_init[:-1]], axis=0)
+    x_net = network_input(c, x_init)
+    first = jnp.arange(x_init.shape[0]) == 0
+
+    def step(carry, inputs):
+        (h2, c2), z_prev, m_prev = carry        # h2, c2: (2, [B,] H) = [encoder chain, decoder chain]
+        x_prev_t, x_t, lam_t, eo_t, first_t, eps_t = inputs
+        gates = x_to_gates(jnp.stack([x_prev_t, m_prev])) + unrolled_matmul([h2], p_h["kernel_hh"])
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        c2 = _sigmoid(f) * c2 + _sigmoid(i) * jnp.tanh(g)
+        h2 = _sigmoid(o) * jnp.tanh(c2)
+        h_enc, h_dec = h2[0], h2[1]
+        q_mean, q_logvar = heads("inf_mean", "inf_logvar", layers("mlp_gz_z", c.dense_gz_z, [h_enc, x_t, z_prev]))
+        z_t = q_mean + eps_t * jnp.exp(0.5 * q_logvar)
+        dec_mean, dec_logvar = heads("gen_mean", "gen_logvar", layers("mlp_hz_x", c.dense_hz_x, [h_dec, z_t]))
+        mean = jnp.where(first_t, frame0, dec_mean)
+        logvar = jnp.where(first_t, t0_logvar, dec_logvar)
+        prec_dec = jnp.exp(-logvar)
+        var = 1.0 / (lam_t + prec_dec)
+        m = var * (eo_t + mean * prec_dec)
+        return ((h2, c2), z_t, m), (m, var, mean, logvar, z_t, q_mean, q_logvar, h_dec)
+
+    zeros = zero_carry((2,) + frame0.shape[:-1], H, frame0.dtype)
+    carry0 = (zeros, jnp.zeros(frame0.shape[:-1] + (c.z_dim,), frame0.dtype), frame0)
+    _, (m, var, mean, logvar, z, q_mean, q_logvar, h_dec) = jax.lax.scan(
+        step, carry0, (x_prev, x_net, lam_obs, eta_obs, first, eps_z))
+    return m, var, mean, logvar, z, Gaussian(q_mean, q_logvar), h_dec
 
 
 def scass_vem_initialization(params, config, mix_power, noise) -> jax.Array:
@@ -196,9 +270,10 @@ def scass_vem_initialization(params, config, mix_power, noise) -> jax.Array:
 
 
 def _complex_noise(noise, name, length, shape, kind):
+    """(length, *shape) noise for one complex component, drawn before the scan (``kind`` picks the law)."""
     if kind not in COMPLEX_NOISE:
         raise ValueError(f"complex_noise must be one of {COMPLEX_NOISE}, got {kind!r}")
-    return step_noise(noise, name, length), ("uniform" if kind == "uniform" else "normal")
+    return drawn_steps(noise, name, length, shape, "uniform" if kind == "uniform" else "normal")
 
 
 def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
@@ -222,8 +297,8 @@ def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
     z, q, _ = encoder_for(c)(params, s_power, noise)
     length = s_power.shape[0]
     shape = s_power.shape[1:]
-    u_re, kind = _complex_noise(noise, "u_re", length, shape, complex_noise)
-    u_im, _ = _complex_noise(noise, "u_im", length, shape, complex_noise)
+    u_re = _complex_noise(noise, "u_re", length, shape, complex_noise)
+    u_im = _complex_noise(noise, "u_im", length, shape, complex_noise)
     eta = jnp.broadcast_to(eta, s_power.shape)
     x0 = s_power[0] if first_input is None else first_input
 
@@ -235,8 +310,8 @@ def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
         v_phi = 1.0 / (eta_t / vx_t + 1.0 / v_theta)
         mu = (v_phi * eta_t / vx_t) * mix_t
         scale = jnp.sqrt(v_phi / 2.0)
-        re = jnp.real(mu) + scale * draw_step(ure_t, shape, kind)
-        im = jnp.imag(mu) + scale * draw_step(uim_t, shape, kind)
+        re = jnp.real(mu) + scale * ure_t
+        im = jnp.imag(mu) + scale * uim_t
         power = re * re + im * im
         return (state, jax.lax.stop_gradient(power)), (v_theta, v_phi, mu, jax.lax.complex(re, im), power, h_t)
 

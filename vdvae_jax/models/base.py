@@ -46,6 +46,7 @@ __all__ = [
     "noise_array",
     "step_noise",
     "draw_step",
+    "drawn_steps",
     "loss_from_outputs",
     "network_input",
     "batch_loss",
@@ -201,6 +202,16 @@ def step_noise(noise, name: str, length: int):
     if arr.shape[0] != length:
         raise ValueError(f"noise[{name!r}] has {arr.shape[0]} steps, expected {length}")
     return arr
+
+
+def drawn_steps(noise, name: str, length: int, shape: tuple, kind: str = "normal") -> jax.Array:
+    """Per-step noise drawn up front: (length, *shape), equal to what :func:`step_noise` + :func:`draw_step`
+    draw inside a scan (same per-step keys), but as one parallel draw outside the loop."""
+    steps = step_noise(noise, name, length)
+    if not is_key(noise):
+        return steps
+    draw = jax.random.normal if kind == "normal" else jax.random.uniform
+    return jax.vmap(lambda k: draw(k, shape))(steps)
 
 
 def draw_step(xs_t, shape: tuple, kind: str = "normal") -> jax.Array:

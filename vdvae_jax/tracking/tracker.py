@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdvae_jax.inference import mixdvae as vem
-from vdvae_jax.inference.base import Algorithm, run
+from vdvae_jax.inference.base import Algorithm, jit_small, run
 from vdvae_jax.inference.mixdvae_source import mot_source_update, observation_weights
 from vdvae_jax.models.srnn_mixdvae import decoder_from_h, encoder_for
 from vdvae_jax.tracking.baselines import (DEFAULT_KALMAN, KalmanConfig, KalmanParams, KalmanSourceUpdate,
@@ -377,9 +377,9 @@ def _compiled(config, options: TrackOptions, kalman_key):
         def go(key, data):
             state, _ = vem.solve(seq, key, data, options.n_iter, jit=False)
             return TrackState(state.mean, state.var, state.eta, jnp.zeros(()))
-        return jax.jit(go)
+        return jit_small(go)
     alg = tracking_vem(config, options, kalman_params=kp)
-    return jax.jit(functools.partial(_run_tracking, alg, options.n_iter))
+    return jit_small(functools.partial(_run_tracking, alg, options.n_iter))
 
 
 def track(params, config, obs, *, num_sources: int | None = None, options: TrackOptions = TrackOptions(),
