@@ -6,7 +6,9 @@ Asterisk English voices x MegaGlest / sonic-pi / music-on-hold noise at -5, 0, 5
 with the published VoiceBank RVAE prior under
 
 * ``reference``: the reference SE-VEM with its authors' VoiceBank settings (``PRESETS["vb"]``);
-* ``default``: :data:`vdvae_jax.enhance.DEFAULT`, the default of :func:`vdvae_jax.enhance.enhance`;
+* ``smooth``: :data:`vdvae_jax.enhance.SMOOTH`, the previous default (smoothed NMF noise only);
+* ``default``: :data:`vdvae_jax.enhance.DEFAULT`, the default of :func:`vdvae_jax.enhance.enhance`
+  (``smooth`` plus tonal noise components, with the fall-back to ``smooth`` when one follows the voice);
 
 and writes the per-file table (file, SNR, noise type, speaker, noisy SI-SDR, SI-SDR gain of each
 setting) as ``real_noisy.md`` and ``real_noisy.json`` in ``--out``. Per-setting results are cached in
@@ -35,7 +37,7 @@ from vdvae_jax.data.real import RealDataError, build_real_noisy_set, load_manife
 from vdvae_jax.enhance import PRESETS, enhance, load_prior  # noqa: E402
 from vdvae_jax.metrics import si_sdr  # noqa: E402
 
-SETTINGS = {"reference": "vb", "default": "default"}
+SETTINGS = {"reference": "vb", "smooth": "smooth", "default": "default"}
 VB_RVAE = Path(__file__).resolve().parents[2] / "shared/reference/checkpoints/dvae_se/vb_rvae"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -147,6 +148,62 @@ def test_default_config_reduces_to_reference_and_bounds_the_gain():
         EnhanceConfig(noise_smooth_frames=4)
     with pytest.raises(ValueError, match="unknown config"):
         enhance(x, 16000, prior, config="nope")
+
+
+def test_tonal_noise_components_and_fall_back():
+    import jax
+    import jax.numpy as jnp
+
+    from vdvae_jax.enhance import (EnhanceConfig, _smooth_m_step, enhance, smoothing_matrix,
+                                   tonal_speech_correlation)
+    from vdvae_jax.inference.se_vem import SEVEMConfig
+
+    prior = _small_prior()
+    t = np.arange(8000) / 16000
+    rng = np.random.default_rng(1)
+    x = (0.02 * rng.standard_normal(t.size) + 0.5 * np.sin(2 * np.pi * 1000.0 * t)).astype(np.float32)
+    smooth = EnhanceConfig(vem=SEVEMConfig(n_iter=10, nmf_rank=2, lr=1e-2), noise_smooth_frames=5,
+                           noise_smooth_bins=33)
+    tonal = dataclasses.replace(smooth, noise_tonal_components=1, noise_tonal_frames=0,
+                                noise_tonal_speech_corr=1.0)  # never fall back
+
+    def tone_db(y):  # power at 1 kHz relative to the input, by projection on the sinusoid
+        c = [np.dot(v, np.exp(-2j * np.pi * 1000.0 * t)) for v in (y, x)]
+        return 20 * np.log10(abs(c[0]) / abs(c[1]))
+
+    y_s, y_t = (enhance(x, 16000, prior, config=c, bucket=16) for c in (smooth, tonal))
+    assert tone_db(y_t) < -10.0
+    # a threshold of -1 always falls back: exactly the smoothed model
+    back = dataclasses.replace(tonal, noise_tonal_speech_corr=-1.0)
+    np.testing.assert_array_equal(enhance(x, 16000, prior, config=back, bucket=16), y_s)
+    # the M-step alone on a flat spectrum plus one line: only the tonal block fits the line
+    f, n = 48, 20
+    P = jnp.ones((n, f)).at[:, 20].set(100.0)
+    vs, g, m = jnp.full((n, 2, f), 1e-3), jnp.ones(n), jnp.ones(n)
+    key = jax.random.split(jax.random.key(0), 4)
+    Ws = (jax.random.uniform(key[0], (f, 2)) + 0.1, jax.random.uniform(key[1], (f, 1)) + 0.1)
+    Hs = (jax.random.uniform(key[2], (2, n)) + 0.1, jax.random.uniform(key[3], (1, n)) + 0.1)
+    B, C = smoothing_matrix(jnp.ones(f, bool), 9).T, smoothing_matrix(jnp.ones(n, bool), 5)
+    D = smoothing_matrix(jnp.ones(n, bool), 2 * n + 1)
+    for blocks in (1, 2):
+        W, H, Bs, Cs = Ws[:blocks], Hs[:blocks], (B, None)[:blocks], (C, D)[:blocks]
+        step = jax.jit(lambda W, H: _smooth_m_step(P, vs, W, H, g, Bs, Cs, m)[:2])
+        for _ in range(30):
+            W, H = step(W, H)
+        Vb = sum((Wi if Bi is None else Bi @ Wi) @ (Hi @ Ci) for Wi, Hi, Bi, Ci in zip(W, H, Bs, Cs))
+        ratio = float(jnp.mean(Vb[20]) / 100.0)
+        assert (ratio < 0.3) if blocks == 1 else (ratio > 0.8), (blocks, ratio)
+    # the co-modulation statistic: a band following the speech envelope vs a steady one
+    e = (np.abs(np.sin(np.linspace(0, 6, 40))) + 0.05).astype(np.float32)
+    P = np.stack([3.0 * e, np.full(40, 2.0), np.ones(40)], 1).astype(np.float32)  # speech-like, steady, flat
+    vs = np.broadcast_to(np.stack([e, 0 * e, 0 * e], 1)[:, None, :], (40, 2, 3)).astype(np.float32)
+    W = np.eye(3, dtype=np.float32)[:, :2]  # tonal lines on bins 0 and 1
+    rho = np.asarray(tonal_speech_correlation(P, vs, np.ones(40, np.float32), W, np.ones(40, bool)))
+    assert rho[0] > 0.99 and abs(rho[1]) < 1e-3
+    with pytest.raises(ValueError, match="noise_tonal_components"):
+        EnhanceConfig(noise_tonal_components=-1)
+    with pytest.raises(ValueError, match="noise_tonal_frames"):
+        EnhanceConfig(noise_tonal_frames=4)
 
 
 def _write(path, x, sr=16000):
