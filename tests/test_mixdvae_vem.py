@@ -247,10 +247,12 @@ def test_mot_one_pass_diagnostics_equal_the_term_by_term_definitions():
     alg = mv.mot_vem(MOT, mv.MOTOptions.reference(init="constant"))
     state = alg.init(jax.random.key(0), data)
     eta = mv.mot_assignment(data.obs, data.mask, state.phi, state.mean, state.var, 0.008, 1e-10)
+    np.testing.assert_allclose(eta, state.eta, rtol=1e-5, atol=1e-6)  # init's E-W from the cached cost
     upd = jax.vmap(lambda x, e, f0, k: ms.mot_source_update(data.params, MOT, x, e, 1.0 / state.phi, data.obs, f0,
                                                              k, mask=data.mask))(
         state.mean, eta, data.frame0, jax.random.split(jax.random.key(2), 3))
     args = (eta, data.mask, data.obs, state.phi, upd.mean, upd.var, upd.dec, upd.q, upd.p)
-    printed, elbo = mv._mot_diagnostics(*args, upd.loss)
+    printed, elbo = mv._mot_diagnostics(eta, data.mask, mv._mot_cost(data.obs, state.phi, upd.mean, upd.var),
+                                        *args[4:], upd.loss)
     _close(printed, mv._mot_printed(eta, data.obs, state.phi, upd.mean, upd.var, upd.loss), rtol=1e-5, atol=1e-5)
     _close(elbo, jnp.sum(mv.mot_elbo_terms(*args)["elbo"]), rtol=1e-5)

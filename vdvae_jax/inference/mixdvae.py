@@ -196,7 +196,9 @@ class SCASSData(NamedTuple):
 
 class MOTState(NamedTuple):
     """mean, var (S, T, [B,] 4): q(s); eta (S, T, [B,] K); phi (T, [B,] K, 4) diagonal Phi; params and
-    opt_state only when fine-tuning (else None); elbo, done, iteration: convergence bookkeeping."""
+    opt_state only when fine-tuning (else None); elbo, done, iteration: convergence bookkeeping; cost
+    (S, T, [B,] K): the expected observation cost of (mean, var) (:func:`_mot_cost`), which the next E-W
+    reuses when Phi is fixed."""
 
     mean: jax.Array
     var: jax.Array
@@ -207,6 +209,7 @@ class MOTState(NamedTuple):
     elbo: jax.Array
     done: jax.Array
     iteration: jax.Array
+    cost: Any = None
 
 
 class SCASSState(NamedTuple):
@@ -414,6 +417,21 @@ def mot_assignment(obs, mask, phi, mean, var, gamma, floor):
     return jnp.where(mask, _softmax_sources(log_beta, floor), 0.0)
 
 
+def _mot_cost(obs, phi, mean, var):
+    """:math:`c_{tkn} = \\tfrac12[\\log|\\Phi_{tk}| + (o_{tk}-m_{tn})^\\top\\Phi_{tk}^{-1}(o_{tk}-m_{tn})
+    + \\mathrm{tr}(\\Phi_{tk}^{-1}\\Sigma_{tn})]`, (S, T, [B,] K): the expected negative log-likelihood of
+    an observation under a source up to :math:`2\\log 2\\pi`, shared by E-W, the ELBO and the printed losses."""
+    d = obs[None] - mean[..., None, :]
+    return jax.lax.optimization_barrier(0.5 * _sum_coords(jnp.log(phi) + (d * d + var[..., None, :]) / phi))
+
+
+def _assignment_from_cost(cost, phi, mask, gamma, floor):
+    """:func:`mot_assignment` from :func:`_mot_cost`: :math:`\\log\\beta = -\\gamma c - \\tfrac{1-\\gamma}2
+    \\log|\\Phi|`."""
+    log_beta = -gamma * cost - 0.5 * (1.0 - gamma) * _sum_coords(jnp.log(phi))
+    return jnp.where(mask, _softmax_sources(log_beta, floor), 0.0)
+
+
 def mot_elbo_terms(eta, mask, obs, phi, mean, var, dec: Gaussian, q: Gaussian, p: Gaussian):
     """Proper ELBO terms (nats, summed over everything but the batch axes) of one MOT iteration.
 
@@ -455,19 +473,15 @@ def _mot_printed(eta, obs, phi, mean, var, dvae_losses):
     return loss_qwqs + loss_dvae + loss_qw + loss_qs, loss_dvae, loss_qwqs, loss_qw, loss_qs
 
 
-def _mot_diagnostics(eta, mask, obs, phi, mean, var, dec: Gaussian, q: Gaussian, p: Gaussian, dvae_losses):
+def _mot_diagnostics(eta, mask, cost, mean, var, dec: Gaussian, q: Gaussian, p: Gaussian, dvae_losses):
     """The printed losses of :func:`_mot_printed` and the total ELBO of :func:`mot_elbo_terms` (summed
-    over the batch) in one pass: the expected observation cost
-    :math:`\\tfrac12[\\log|\\Phi| + (o-m)^\\top\\Phi^{-1}(o-m) + \\mathrm{tr}(\\Phi^{-1}\\Sigma)]` is computed once
-    and every sum over the same shape is one reduction of stacked terms (the two reference functions
+    over the batch) in one pass, from the expected observation cost ``cost`` = :func:`_mot_cost`
+    (computed once per iteration) and every sum over the same shape is one reduction of stacked terms (the two reference functions
     re-derive it per term: a third of a MOT iteration's time went there). Same values up to rounding
     (``tests/test_mixdvae_vem.py``)."""
     S, K = eta.shape[0], eta.shape[-1]
     bt = math.prod(mean.shape[1:-1])
-    d = obs[None] - mean[..., None, :]
-    half_cost = jax.lax.optimization_barrier(
-        0.5 * _sum_coords(jnp.log(phi) + (d * d + var[..., None, :]) / phi))      # (S, T, [B,] K)
-    per_k = jnp.sum(jnp.stack([eta * half_cost, eta * jnp.log(eta + 1e-10), _xlogx(eta)]),
+    per_k = jnp.sum(jnp.stack([eta * cost, eta * jnp.log(eta + 1e-10), _xlogx(eta)]),
                     axis=tuple(range(1, eta.ndim + 1)))
     per_coord = jnp.sum(jnp.stack([
         jnp.log(var),
@@ -552,13 +566,15 @@ def mot_vem(config, options: MOTOptions = MOTOptions(), *, params_stacked: bool 
             mean, var = const, var_c
         else:
             mean, var = _chunked_init(key, p, data, phi, frame0, var0)
-        eta = mot_assignment(obs, mask, phi, mean, var, o.ew_gamma, o.beta_floor)
+        cost = _mot_cost(obs, phi, mean, var)
+        eta = _assignment_from_cost(cost, phi, mask, o.ew_gamma, o.beta_floor)
         if o.finetune == "off":
             p, opt_state = None, None
         elif opt_state is None:
             opt_state = _finetune_setup(o.finetune, o.finetune_lr, p)[1]
         zero = jnp.zeros((), mean.dtype)
-        return MOTState(mean, var, eta, phi, p, opt_state, zero, jnp.asarray(False), jnp.asarray(0, jnp.int32))
+        return MOTState(mean, var, eta, phi, p, opt_state, zero, jnp.asarray(False), jnp.asarray(0, jnp.int32),
+                        cost)
 
     def _chunked_init(key, params, data, phi, frame0, var0):
         T, L = data.obs.shape[0], o.init_chunk_len
@@ -591,6 +607,8 @@ def mot_vem(config, options: MOTOptions = MOTOptions(), *, params_stacked: bool 
         return unchunk(m), unchunk(v)
 
     def ew(state, data):
+        if o.phi_update == "fixed":   # the cost of state.mean/var under this Phi is in the state
+            return _assignment_from_cost(state.cost, state.phi, data.mask, o.ew_gamma, o.beta_floor)
         return mot_assignment(data.obs, data.mask, state.phi, state.mean, state.var, o.ew_gamma, o.beta_floor)
 
     def es(key, state, eta, data):
@@ -612,17 +630,18 @@ def mot_vem(config, options: MOTOptions = MOTOptions(), *, params_stacked: bool 
         if o.order == "ew_first":
             eta = ew(state, data)
             upd, params, opt_state = es(key, state, eta, data)
+            cost = _mot_cost(data.obs, state.phi, upd.mean, upd.var)
         else:
             upd, params, opt_state = es(key, state, state.eta, data)
-            eta = mot_assignment(data.obs, data.mask, state.phi, upd.mean, upd.var, o.ew_gamma, o.beta_floor)
-        printed, elbo = _mot_diagnostics(eta, data.mask, data.obs, state.phi, upd.mean, upd.var, upd.dec, upd.q,
-                                         upd.p, upd.loss)
+            cost = _mot_cost(data.obs, state.phi, upd.mean, upd.var)
+            eta = _assignment_from_cost(cost, state.phi, data.mask, o.ew_gamma, o.beta_floor)
+        printed, elbo = _mot_diagnostics(eta, data.mask, cost, upd.mean, upd.var, upd.dec, upd.q, upd.p, upd.loss)
         phi = _mot_phi_update(o.phi_update, data.obs, data.mask, eta, upd.mean, upd.var, state.phi,
                               o.phi_floor)
         conv = _converged(elbo, state.elbo, state.iteration, o.tol)
         new = MOTState(upd.mean, upd.var, eta, phi, params if o.finetune != "off" else None,
                        opt_state if o.finetune != "off" else None, elbo, state.done | conv,
-                       state.iteration + 1)
+                       state.iteration + 1, cost)
         if o.tol > 0:
             new = _freeze(state.done, new, state)
         info = MOTInfo(*printed, elbo, new.done,
