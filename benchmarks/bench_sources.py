@@ -92,7 +92,8 @@ def bench_sources(args, out):
                 if S == 1:
                     per_source_1[(mode, T)] = per
                 base = per_source_1.get((mode, T))
-                emit({"bench": "sources", "mode": mode, "xla_default": args.xla_default, "S": S, "K": K, "T": T, "batch": args.batch,
+                emit({"bench": "sources", "mode": mode, "xla_default": args.xla_default, "S": S, "K": K, "T": T,
+                      "batch": args.batch,
                       "compile_s": round(c, 3), "step_s": wall, "step_cpu_s": cpu, "per_source_cpu_s": per,
                       "vmap_efficiency": (base / per) if base else None}, out)
 
@@ -123,7 +124,8 @@ def bench_mot(args, out):
         c_init, w_init, t_init, state = _time(alg.init, jax.random.key(0), data, repeat=args.repeat, small=small)
         c_run, w_run, t_run, _ = _time(lambda k, s, d: run(alg, k, s, d, args.iters), jax.random.key(1), state,
                                        data, repeat=args.repeat, small=small)
-        rec = {"bench": "mot_whole_run", "xla_default": args.xla_default, "T": T, "batch": args.batch, "sources": 3, "iters": args.iters,
+        rec = {"bench": "mot_whole_run", "xla_default": args.xla_default, "T": T, "batch": args.batch, "sources": 3,
+               "iters": args.iters,
                "init_iters": args.init_iters, "compile_init_s": round(c_init, 3), "compile_iters_s": round(c_run, 3),
                "init_wall_s": w_init, "iters_wall_s": w_run, "init_cpu_s": t_init, "iters_cpu_s": t_run,
                "per_iter_cpu_s": t_run / args.iters, "whole_run_cpu_s": t_init + t_run,

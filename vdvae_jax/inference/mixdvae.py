@@ -475,9 +475,9 @@ def _mot_printed(eta, obs, phi, mean, var, dvae_losses):
 
 def _mot_diagnostics(eta, mask, cost, mean, var, dec: Gaussian, q: Gaussian, p: Gaussian, dvae_losses):
     """The printed losses of :func:`_mot_printed` and the total ELBO of :func:`mot_elbo_terms` (summed
-    over the batch) in one pass, from the expected observation cost ``cost`` = :func:`_mot_cost`
-    (computed once per iteration) and every sum over the same shape is one reduction of stacked terms (the two reference functions
-    re-derive it per term: a third of a MOT iteration's time went there). Same values up to rounding
+    over the batch) from ``cost`` = :func:`_mot_cost`, computed once per iteration; the sums over each
+    shape are one reduction of stacked terms. The two term-by-term functions re-derive the cost per term
+    (a third of a MOT iteration's time went there). Same values up to rounding
     (``tests/test_mixdvae_vem.py``)."""
     S, K = eta.shape[0], eta.shape[-1]
     bt = math.prod(mean.shape[1:-1])

@@ -154,9 +154,7 @@ def mot_source_update(params, config, x_init, eta, phi_inv, obs, frame0, noise, 
 
     The encoder (teacher-forced LSTM on ``x_init``, causal z chain) and the decoder recursion of E-S are
     causal in t and read nothing of each other's future, so they run as **one** ``lax.scan``: the two
-    LSTM chains (same weights) step together as a stacked pair, everything that does not depend on
-    the recursion (input projections, the ``x_t`` part of the encoder's first layer, the noise) is
-    computed for all frames before it.
+    LSTM chains (same weights) step together as a stacked pair, and the noise is drawn before it.
     """
     c = config
     w, o = observation_weights(eta, obs, mask)
