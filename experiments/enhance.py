@@ -13,7 +13,12 @@
    NMF-VEM (SE-VEM with NMF noise, batched: :mod:`vdvae_jax.inference.se_vem_batch`), and
    LV / NO / NOLV x U-NA (per-utterance training from the pretrained encoder and a fresh noise net),
    U-ND (encoder + noise net trained on the noisy training mixtures, one forward pass), U-NDA (U-ND then
-   the U-NA loop per utterance) (:mod:`vdvae_jax.inference.ddgm`).
+   the U-NA loop per utterance) (:mod:`vdvae_jax.inference.ddgm`). Defaults against the low-SNR role
+   swap: a debiased noise-floor init (``--floor-debias``), a profiled per-utterance speech gain
+   (``--speech-gain``), U-NDA from the U-ND noise net re-centred on the utterance's noise floor
+   (``--nda-recentre``) and the pretrained speech encoder (``--nda-encoder``), Adam 5e-4 for U-NA and U-ND;
+   ``--floor-debias off --speech-gain none --nda-recentre off --nda-encoder nd --na-lr 2e-3 --nd-lr 2e-3``
+   gives the previous settings (first measurement).
 4. Metrics vs the clean utterance: SI-SDR (dB), PESQ wide-band (P.862.2 MOS-LQO) and ESTOI; median per
    SNR, mean over all; iterations per utterance; RTF = batched compute seconds (compilation excluded,
    reported separately) / seconds of audio. Writes ``results.json``, ``results.md`` and
@@ -169,11 +174,27 @@ def main(argv=None):
     ap.add_argument("--prior-epochs", type=int, default=20)
     ap.add_argument("--prior-preset", default="speech+log")
     ap.add_argument("--na-iter", type=int, default=150, help="U-NA / U-NDA Adam steps per utterance")
-    ap.add_argument("--na-lr", type=float, default=2e-3)
+    ap.add_argument("--na-lr", type=float, default=5e-4,
+                    help="U-NA Adam lr (reference 5e-4; the first measurement used 2e-3)")
     ap.add_argument("--noise-init", default="floor", choices=["floor", "random"])
+    ap.add_argument("--floor-debias", default="on", choices=["on", "off"],
+                    help="noise_init='floor': divide the quantile by -log(1-q) (DDGMConfig.floor_debias; "
+                         "'off' = the first measurement)")
+    ap.add_argument("--speech-gain", default="utterance", choices=["utterance", "none"],
+                    help="profiled per-utterance speech gain (DDGMConfig.speech_gain; 'none' = reference)")
+    ap.add_argument("--nda-lr", type=float, default=None, help="U-NDA Adam lr (default: --na-lr)")
+    ap.add_argument("--nda-iter", type=int, default=None, help="U-NDA steps per utterance (default: --na-iter)")
+    ap.add_argument("--nda-recentre", default="on", choices=["on", "off"],
+                    help="shift the U-ND noise head bias to the utterance's noise floor before U-NDA "
+                         "(ddgm.recentre_noise; 'off' = the first measurement)")
     ap.add_argument("--beta", type=float, default=1.0, help="KL weight of the DDGM loss")
     ap.add_argument("--nd-epochs", type=int, default=8)
-    ap.add_argument("--nd-lr", type=float, default=2e-3)
+    ap.add_argument("--nda-encoder", default="pretrained", choices=["pretrained", "nd"],
+                    help="U-NDA speech-encoder start: the clean-speech 'pretrained' one (the U-ND encoder, "
+                         "trained without clean targets, maps noise to speech at -5 dB) or the U-ND one "
+                         "('nd' = the first measurement); the noise net always starts from U-ND")
+    ap.add_argument("--nd-lr", type=float, default=5e-4,
+                    help="U-ND peak Adam lr (reference 5e-4; the first measurement used 2e-3)")
     ap.add_argument("--nd-batch", type=int, default=32)
     ap.add_argument("--nd-files", type=int, default=None, help="noisy training mixtures used (default all)")
     ap.add_argument("--nmf-iter", type=int, default=100)
@@ -248,7 +269,10 @@ def main(argv=None):
 
     # ---- DDGM: LV / NO / NOLV x U-NA / U-ND / U-NDA.
     cfg = ddgm.DDGMConfig(n_iter=args.na_iter, lr=args.na_lr, beta=args.beta, noise_init=args.noise_init,
-                          floor_quantile=args.floor_quantile)
+                          floor_quantile=args.floor_quantile, floor_debias=args.floor_debias == "on",
+                          speech_gain=args.speech_gain)
+    nda_cfg = dataclasses.replace(cfg, lr=args.nda_lr or args.na_lr,
+                                  n_iter=args.na_iter if args.nda_iter is None else args.nda_iter)
     enc, frozen = ddgm.split_speech_params(model, params, cfg)
     P_tb = jnp.swapaxes(jnp.abs(jnp.asarray(X)) ** 2, 0, 1)  # (T, B, F)
     m_tb = jnp.swapaxes(jnp.asarray(mask), 0, 1)
@@ -282,7 +306,8 @@ def main(argv=None):
             continue
 
         # U-ND: train encoder + noise net on the noisy training set, then one pass.
-        bias = jnp.log(jnp.maximum(jnp.asarray(train_floor), 1e-10)) if args.noise_init == "floor" else None
+        bias = (jnp.log(jnp.maximum(jnp.asarray(train_floor), 1e-10)) + ddgm.floor_offset(cfg)
+                if args.noise_init == "floor" else None)
         t0 = {"speech": enc, "noise": nm.init(k_init, head_bias=bias)}
         nd_params, hist = ddgm.train_nd(model, nm, cfg, nd_cfg, frozen, t0, segs, k_nd, progress=not args.smoke,
                                         log=log)
@@ -294,14 +319,33 @@ def main(argv=None):
             dict(train_seconds=hist[-1]["seconds"], train_epochs=len(hist), train_loss=hist[-1]["loss"]))
         save()
 
-        # U-NDA: the U-NA loop per utterance, started from the U-ND parameters.
-        # (same compiled program as U-NA: the U-ND parameters copied to every utterance)
-        nd_starts = jax.tree.map(lambda a: jnp.broadcast_to(a, (len(items),) + a.shape), nd_params)
+        # U-NDA: the U-NA loop per utterance, started from the U-ND parameters (copied to every
+        # utterance; with --nda-recentre on, the noise head moved to each utterance's noise floor).
+        if "U-NDA" not in args.configs:
+            continue
+        if args.nda_recentre == "on":
+            nd_starts = jax.vmap(lambda P, m: ddgm.recentre_noise(nd_params, P, m, train_floor, cfg),
+                                 in_axes=(1, 1))(P_tb, m_tb)
+        else:
+            nd_starts = jax.tree.map(lambda a: jnp.broadcast_to(a, (len(items),) + a.shape), nd_params)
+        if args.nda_encoder == "pretrained":
+            nd_starts = {**nd_starts, "speech": jax.tree.map(
+                lambda a: jnp.broadcast_to(a, (len(items),) + a.shape), enc)}
+        c_s = 0.0
+        if nda_cfg == cfg:  # same compiled program as U-NA
+            nda_c = una_c
+        else:
+            t1 = time.perf_counter()
+            nda_c = jax.jit(lambda f, t, P, m, k: ddgm.adapt_batch(model, nm, nda_cfg, f, t, P, m, k,
+                                                                    shared_start=False)).lower(
+                frozen, nd_starts, P_tb, m_tb, k_nda).compile()
+            c_s = time.perf_counter() - t1
         t1 = time.perf_counter()
-        G, losses = jax.block_until_ready(una_c(frozen, nd_starts, P_tb, m_tb, k_nda))
-        c_s, r_s = 0.0, time.perf_counter() - t1
+        G, losses = jax.block_until_ready(nda_c(frozen, nd_starts, P_tb, m_tb, k_nda))
+        r_s = time.perf_counter() - t1
         estimates[f"{kind.upper()} U-NDA"] = record(
-            f"{kind.upper()} U-NDA", to_waves(items, np.swapaxes(np.asarray(G), 0, 1) * X), args.na_iter, c_s, r_s,
+            f"{kind.upper()} U-NDA", to_waves(items, np.swapaxes(np.asarray(G), 0, 1) * X), nda_cfg.n_iter,
+            c_s, r_s,
             dict(loss_first=float(jnp.mean(losses[:, 0])), loss_last=float(jnp.mean(losses[:, -1]))))
 
     table = save()

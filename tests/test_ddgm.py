@@ -174,3 +174,20 @@ def test_config_errors(speech):
         ddgm.fresh_trainable(model, _noise("lv"), params, jax.random.key(0), ddgm.DDGMConfig(noise_init="floor"))
     with pytest.raises(ValueError, match="trainable layers"):
         ddgm.split_speech_params(model, params, ddgm.DDGMConfig(trainable=("nope",)))
+
+
+def test_speech_gain_floor_debias_and_recentre():
+    """The profiled gain recovers a known speech scale per utterance; debiased floor; re-centred bias."""
+    v_s = jnp.exp(jax.random.normal(jax.random.key(3), (40, 2, F)))
+    v_n = jnp.full_like(v_s, 1e-6)
+    P = v_s * jnp.array([0.01, 30.0])[:, None]  # (T, B, F): utterance gains 0.01 and 30
+    cfg = ddgm.DDGMConfig(speech_gain="utterance", gain_iters=40)
+    np.testing.assert_allclose(ddgm.speech_gain(cfg, P, v_s, v_n), [0.01, 30.0], rtol=1e-3)
+    np.testing.assert_array_equal(ddgm.speech_gain(ddgm.DDGMConfig(), P, v_s, v_n), [1.0, 1.0])
+    assert ddgm.floor_offset(ddgm.DDGMConfig()) == 0.0
+    np.testing.assert_allclose(ddgm.floor_offset(ddgm.DDGMConfig(floor_debias=True)), -np.log(-np.log(0.9)))
+    nm = _noise("no")
+    t = {"speech": {}, "noise": nm.init(jax.random.key(0), head_bias=jnp.zeros(F))}
+    out = ddgm.recentre_noise(t, 4.0 * jnp.ones((T, F)), None, jnp.ones(F))
+    np.testing.assert_allclose(out["noise"]["head"]["bias"], np.log(4.0) * np.ones(F), rtol=1e-6)
+    np.testing.assert_array_equal(t["noise"]["head"]["bias"], np.zeros(F))

@@ -35,7 +35,11 @@ it on a padded batch of utterances (``vmap`` over utterances, ``lax.scan`` over 
 Differences from the reference (named options or documented): the speech prior is any RVAE of our
 zoo (the DDGM's RVAE-causal has an extra ``enc_mlp_g_z`` 256→128 tanh layer: ``dense_g_z=(128,)``
 in :class:`~vdvae_jax.models.rvae.RVAEConfig` reproduces it); ``DDGMConfig.noise_init="floor"`` starts
-the noise head's bias at the log of a per-frequency low quantile of P (reference: ``"random"``).
+the noise head's bias at the log of a per-frequency low quantile of P (reference: ``"random"``), with
+``floor_debias`` turned into a noise-variance estimate; ``DDGMConfig.speech_gain="utterance"`` adds a
+profiled per-utterance speech gain (reference: none); :func:`recentre_noise` moves a U-ND noise model to
+the utterance's noise floor before U-NDA. Without these, at -5 dB the speech variance (at the clean
+training loudness) and a noise model started 10 dB below the noise swap roles (speech removed).
 """
 
 from __future__ import annotations
@@ -62,7 +66,10 @@ __all__ = [
     "split_speech_params",
     "merge_speech_params",
     "noise_floor",
+    "floor_offset",
+    "speech_gain",
     "fresh_trainable",
+    "recentre_noise",
     "forward",
     "loss_fn",
     "wiener_gain",
@@ -84,9 +91,21 @@ class DDGMConfig:
       noise_init: ``"random"`` (reference) or ``"floor"``: the fresh noise head's bias is
         :math:`\\log` of the ``floor_quantile`` quantile over valid frames of P, per frequency.
       floor_quantile: see ``noise_init``.
+      floor_debias: divide the ``"floor"`` quantile by :math:`-\\log(1 - q)`: for Gaussian noise
+        :math:`P_{tf} / v_{n,f} \\sim \\mathrm{Exp}(1)`, whose q-quantile is :math:`-\\log(1-q)`, so this makes
+        the floor an estimate of the noise variance itself (q = 0.1: +9.8 dB) rather than of its low
+        quantile (``False``: the plain quantile, the previous behaviour).
       wf_mode: Wiener filter from one posterior ``"sample"`` (reference) or the posterior ``"mean"``
         (z driven by zero noise).
       trainable: speech-parameter names tuned; ``None`` = the encoder layers of the prior's family.
+      speech_gain: ``"none"`` (reference: :math:`V = v_s + v_n`) or ``"utterance"``: one scalar gain per
+        utterance (per segment in U-ND), :math:`V = g\\, v_s + v_n`, profiled out at every evaluation
+        of the loss and of the Wiener filter by ``gain_iters`` multiplicative IS updates from g = 1
+        (the NMF-VEM gain rule of spec §4.3 with one gain for all frames, no gradient through g):
+        :math:`g \\leftarrow g \\sqrt{\\sum_{t,f} P v_s V^{-2} / \\sum_{t,f} v_s V^{-1}}`.
+        It absorbs the loudness mismatch between the frozen clean-speech decoder and the speech in a
+        max-normalised low-SNR mixture, which otherwise makes :math:`v_s` cover the noise (role swap).
+      gain_iters: see ``speech_gain``.
       adam_b1, adam_b2, adam_eps: Adam hyper-parameters.
     """
 
@@ -95,8 +114,11 @@ class DDGMConfig:
     beta: float = 1.0
     noise_init: str = "random"
     floor_quantile: float = 0.1
+    floor_debias: bool = False
     wf_mode: str = "sample"
     trainable: tuple[str, ...] | None = None
+    speech_gain: str = "none"
+    gain_iters: int = 10
     adam_b1: float = 0.9
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
@@ -112,6 +134,10 @@ class DDGMConfig:
             raise ValueError(f"floor_quantile must be in [0, 1], got {self.floor_quantile}")
         if self.wf_mode not in ("sample", "mean"):
             raise ValueError(f"wf_mode must be 'sample' or 'mean', got {self.wf_mode!r}")
+        if self.speech_gain not in ("none", "utterance"):
+            raise ValueError(f"speech_gain must be 'none' or 'utterance', got {self.speech_gain!r}")
+        if self.gain_iters < 1:
+            raise ValueError(f"gain_iters must be >= 1, got {self.gain_iters}")
         if self.trainable is not None and not isinstance(self.trainable, tuple):
             raise TypeError(f"trainable must be a tuple of names or None, got {self.trainable!r}")
 
@@ -198,6 +224,16 @@ def noise_floor(power, mask=None, quantile: float = 0.1):
     return jnp.maximum(srt[idx], 1e-10)
 
 
+def floor_offset(config: DDGMConfig) -> float:
+    """Log offset added to the log noise floor: :math:`-\\log(-\\log(1 - q))` with ``floor_debias``, else 0."""
+    q = config.floor_quantile
+    if not config.floor_debias:
+        return 0.0
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"floor_debias needs 0 < floor_quantile < 1, got {q}")
+    return -math.log(-math.log1p(-q))
+
+
 def fresh_trainable(speech_model, noise_model, speech_params, key, config: DDGMConfig = DDGMConfig(),
                     power=None, mask=None):
     """U-NA starting point: the pretrained encoder layers and a fresh noise network.
@@ -209,8 +245,21 @@ def fresh_trainable(speech_model, noise_model, speech_params, key, config: DDGMC
     if config.noise_init == "floor":
         if power is None:
             raise ValueError("noise_init='floor' needs the utterance power")
-        bias = jnp.log(noise_floor(power, mask, config.floor_quantile))
+        bias = jnp.log(noise_floor(power, mask, config.floor_quantile)) + floor_offset(config)
     return {"speech": enc, "noise": noise_model.init(key, head_bias=bias)}
+
+
+def recentre_noise(trainable, power, mask, train_floor, config: DDGMConfig = DDGMConfig()):
+    """U-NDA start re-centred on the utterance: the noise head bias shifted per frequency by
+    :math:`\\log \\text{floor}_{utt} - \\log \\text{floor}_{train}` (both the ``config.floor_quantile``
+    quantile of P; ``train_floor`` (F,) the raw quantile over the U-ND training set), so that the U-ND
+    noise model starts at this utterance's noise level instead of the training set's.
+    ``power`` (T, F), ``mask`` (T,) or None; returns a new tree (the input is not modified).
+    """
+    shift = (jnp.log(noise_floor(power, mask, config.floor_quantile))
+             - jnp.log(jnp.maximum(jnp.asarray(train_floor, power.dtype), 1e-10)))
+    head = trainable["noise"]["head"]
+    return {**trainable, "noise": {**trainable["noise"], "head": {**head, "bias": head["bias"] + shift}}}
 
 
 def _speech_noise(z_key, config: DDGMConfig, power, z_dim):
@@ -231,11 +280,34 @@ def forward(speech_model, noise_model, trainable, data: DDGMData, noise):
     return v_s, log_vn, out
 
 
+def speech_gain(config: DDGMConfig, power, v_s, v_n, mask=None):
+    """Per-utterance speech gain g (shape ``power.shape[1:-1]``: one per utterance / segment).
+
+    ``config.speech_gain == "none"``: ones. ``"utterance"``: ``config.gain_iters`` multiplicative
+    updates :math:`g \\leftarrow g \\sqrt{\\sum_{t,f} m_t P v_s V^{-2} / \\sum_{t,f} m_t v_s V^{-1}}`,
+    :math:`V = g v_s + v_n`, from g = 1 (each step does not increase the IS divergence); no gradient.
+    """
+    g = jnp.ones(power.shape[1:-1], power.dtype)
+    if config.speech_gain == "none":
+        return g
+    P, v_s, v_n = (jax.lax.stop_gradient(a) for a in (power, v_s, v_n))
+    m = _frame_mask(P, mask)[..., None]
+
+    def upd(g, _):
+        V = g[..., None] * v_s + v_n
+        num = jnp.sum(m * P * v_s / V**2, axis=(0, -1))
+        den = jnp.sum(m * v_s / V, axis=(0, -1))
+        return g * jnp.sqrt(num / jnp.maximum(den, 1e-30)), None
+
+    return jax.lax.scan(upd, g, None, length=config.gain_iters)[0]
+
+
 def loss_fn(speech_model, noise_model, config: DDGMConfig, trainable, data: DDGMData, key):
     """The loss of the module docstring; returns ``(loss, (recon, kl))`` (both per valid frame)."""
     v_s, log_vn, out = forward(speech_model, noise_model, trainable, data, key)
     P = data.power
     m = _frame_mask(P, data.mask)
+    v_s = speech_gain(config, P, v_s, jnp.exp(log_vn), data.mask)[..., None] * v_s
     V = v_s + jnp.exp(log_vn)
     ratio = jnp.where(m[..., None] > 0, P / V, 1.0)
     n = jnp.maximum(jnp.sum(m), 1.0)
@@ -247,10 +319,12 @@ def loss_fn(speech_model, noise_model, config: DDGMConfig, trainable, data: DDGM
 
 
 def wiener_gain(speech_model, noise_model, config: DDGMConfig, trainable, data: DDGMData, key):
-    """:math:`G = v_s / (v_s + v_n)` (T, [B,] F), zero on masked frames, and the two variances."""
+    """:math:`G = g v_s / (g v_s + v_n)` (T, [B,] F), zero on masked frames, and the two variances
+    (:math:`g v_s`, :math:`v_n`); g = 1 unless ``config.speech_gain == "utterance"``."""
     noise = _speech_noise(key, config, data.power, speech_model.config.z_dim)
     v_s, log_vn, _ = forward(speech_model, noise_model, trainable, data, noise)
     v_n = jnp.exp(log_vn)
+    v_s = speech_gain(config, data.power, v_s, v_n, data.mask)[..., None] * v_s
     G = v_s / (v_s + v_n) * _frame_mask(data.power, data.mask)[..., None]
     return G, v_s, v_n
 
