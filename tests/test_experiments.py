@@ -59,7 +59,7 @@ def test_bench_vem_smoke(tmp_path):
 
 
 def test_bench_sources_smoke(tmp_path):
-    run([str(REPO / "benchmarks/bench_sources.py"), "--smoke", "--modes", "vmap", "loop",
+    run([str(REPO / "benchmarks/bench_sources.py"), "--smoke", "--modes", "vmap",
          "--out", str(tmp_path / "s.jsonl")], tmp_path)
     records = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert records and all(np.isfinite(r.get("steady_s", 0.0)) for r in records)

@@ -544,7 +544,8 @@ def mot_vem(config, options: MOTOptions = MOTOptions(), *, params_stacked: bool 
         def one(p, xs):
             x_init, eta_n, frame0_n, noise_n = xs
             return ms.mot_source_update(p, config, x_init, eta_n, phi_inv, data.obs, frame0_n, noise_n,
-                                        mask=data.mask, t0_var=o.t0_var, beta=o.kl_beta)
+                                        mask=data.mask, t0_var=o.t0_var, beta=o.kl_beta,
+                                        unrolled=o.finetune == "off")
 
         return _map_sources(one, params, p_axis, (mean, eta, data.frame0, _per_source(key, S)), S, source_map)
 

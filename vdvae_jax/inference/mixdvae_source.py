@@ -137,7 +137,7 @@ def observation_weights(eta, obs, mask=None):
 
 
 def mot_source_update(params, config, x_init, eta, phi_inv, obs, frame0, noise, *, mask=None,
-                      t0_var: float = 1e-5, beta: float = 1.0) -> MOTSourceUpdate:
+                      t0_var: float = 1e-5, beta: float = 1.0, unrolled: bool = True) -> MOTSourceUpdate:
     """MOT E-Z + E-S for one source (the reference's ``forward(x_init, Eta, Phi_inv, obs, frame0)``).
 
     Args:
@@ -151,6 +151,8 @@ def mot_source_update(params, config, x_init, eta, phi_inv, obs, frame0, noise, 
       mask: optional (T, [B,] K) bool (False = missing detection); NaNs in ``obs``/``eta`` are masked too.
       t0_var: decoder variance pinned at t = 0 (1e-5 in the reference).
       beta: KL weight of ``loss``.
+      unrolled: tiny products as :func:`~vdvae_jax.nn.layers.unrolled_matmul` (fast forward passes);
+        ``False``: plain dots (for gradients, e.g. fine-tuning: the unrolled graph compiles slowly).
 
     The encoder (teacher-forced LSTM on ``x_init``, causal z chain) and the decoder recursion of E-S are
     causal in t and read nothing of each other's future, so they run as **one** ``lax.scan``: the two
@@ -164,10 +166,11 @@ def mot_source_update(params, config, x_init, eta, phi_inv, obs, frame0, noise, 
     length = x_init.shape[0]
     frame0 = jnp.broadcast_to(frame0, batch + (c.x_dim,)).astype(x_init.dtype)
     eps_z = drawn_steps(noise, "z", length, batch + (c.z_dim,))
-    m, var, mean, logvar, z, q, h_dec = _mot_chains(params, c, x_init, lam_obs, eta_obs, frame0, eps_z,
+    mm = unrolled_matmul if unrolled else _concat_matmul
+    m, var, mean, logvar, z, q, h_dec = _mot_chains(mm, params, c, x_init, lam_obs, eta_obs, frame0, eps_z,
                                                     math.log(t0_var))
     dec = Gaussian(mean, logvar)
-    p = _mot_prior(params, c, z, h_dec)
+    p = _mot_prior(mm, params, c, z, h_dec)
     steps = math.prod(x_init.shape[:-1])
     recon = observation_nll("gaussian", m, dec, reference=c.gaussian_reference_nll) / steps
     kl = kl_gaussian(q, p, mode=c.kl_mode, var_eps=c.kl_var_eps) / steps
@@ -179,34 +182,40 @@ def _sigmoid(x):
     return 0.5 * jnp.tanh(0.5 * x) + 0.5
 
 
-def _small_mlp(params, activation, name, widths, parts):
+def _concat_matmul(parts, kernel):
+    """``concatenate(parts, -1) @ kernel`` as one dot (the differentiable counterpart of
+    :func:`~vdvae_jax.nn.layers.unrolled_matmul`)."""
+    return jnp.concatenate(parts, axis=-1) @ kernel
+
+
+def _small_mlp(mm, params, activation, name, widths, parts):
     """MLP ``name`` on the concatenation of ``parts`` (never built) with unrolled products; returns
     ``[output]`` (``parts`` itself for no widths)."""
     act = ACTIVATIONS[activation]
     for n in range(len(widths)):
         layer = params[name][f"linear{n}"]
-        parts = [act(unrolled_matmul(parts, layer["kernel"]) + layer["bias"])]
+        parts = [act(mm(parts, layer["kernel"]) + layer["bias"])]
     return parts
 
 
-def _small_heads(params, prefix_mean, prefix_logvar, parts):
+def _small_heads(mm, params, prefix_mean, prefix_logvar, parts):
     """Two dense heads (mean, log-variance) as one unrolled product of their concatenated kernels."""
     kernel = jnp.concatenate([params[prefix_mean]["kernel"], params[prefix_logvar]["kernel"]], axis=-1)
     bias = jnp.concatenate([params[prefix_mean]["bias"], params[prefix_logvar]["bias"]], axis=-1)
     # materialised once: otherwise XLA recomputes the product inside each consumer's fusion
-    out = jax.lax.optimization_barrier(unrolled_matmul(parts, kernel) + bias)
+    out = jax.lax.optimization_barrier(mm(parts, kernel) + bias)
     half = out.shape[-1] // 2
     return out[..., :half], out[..., half:]
 
 
-def _mot_prior(params, c, z, h_dec):
+def _mot_prior(mm, params, c, z, h_dec):
     """:func:`~vdvae_jax.models.srnn_mixdvae.prior_from_h` for the MOT SRNN with unrolled products."""
     z_prev = jnp.concatenate([jnp.zeros_like(z[:1]), z[:-1]], axis=0)
-    u = _small_mlp(params, c.activation, "mlp_hz_z", c.dense_hz_z, [h_dec, z_prev])
-    return Gaussian(*_small_heads(params, "prior_mean", "prior_logvar", u))
+    u = _small_mlp(mm, params, c.activation, "mlp_hz_z", c.dense_hz_z, [h_dec, z_prev])
+    return Gaussian(*_small_heads(mm, params, "prior_mean", "prior_logvar", u))
 
 
-def _mot_chains(params, c, x_init, lam_obs, eta_obs, frame0, eps_z, t0_logvar):
+def _mot_chains(mm, params, c, x_init, lam_obs, eta_obs, frame0, eps_z, t0_logvar):
     """One scan over t of E-Z and E-S (see :func:`mot_source_update`); time-major outputs
     ``(m, var, dec_mean, dec_logvar, z, q, h_dec)``.
 
@@ -220,12 +229,12 @@ def _mot_chains(params, c, x_init, lam_obs, eta_obs, frame0, eps_z, t0_logvar):
     """
     p_h = params["rnn_h"]["forward"]
     H = c.dim_rnn_h
-    layers = functools.partial(_small_mlp, params, c.activation)
-    heads = functools.partial(_small_heads, params)
+    layers = functools.partial(_small_mlp, mm, params, c.activation)
+    heads = functools.partial(_small_heads, mm, params)
 
     def x_to_gates(x):                   # lstm_project(phi(x)) for one frame
         u = layers("mlp_x_h", c.dense_x_h, [network_input(c, x)])
-        return unrolled_matmul(u, p_h["kernel_ih"]) + p_h["bias"]
+        return mm(u, p_h["kernel_ih"]) + p_h["bias"]
 
     x_prev = jnp.concatenate([jnp.zeros_like(x_init[:1]), x_init[:-1]], axis=0)
     x_net = network_input(c, x_init)
@@ -234,7 +243,7 @@ def _mot_chains(params, c, x_init, lam_obs, eta_obs, frame0, eps_z, t0_logvar):
     def step(carry, inputs):
         (h2, c2), z_prev, m_prev = carry        # h2, c2: (2, [B,] H) = [encoder chain, decoder chain]
         x_prev_t, x_t, lam_t, eo_t, first_t, eps_t = inputs
-        gates = x_to_gates(jnp.stack([x_prev_t, m_prev])) + unrolled_matmul([h2], p_h["kernel_hh"])
+        gates = x_to_gates(jnp.stack([x_prev_t, m_prev])) + mm([h2], p_h["kernel_hh"])
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         c2 = _sigmoid(f) * c2 + _sigmoid(i) * jnp.tanh(g)
         h2 = _sigmoid(o) * jnp.tanh(c2)
