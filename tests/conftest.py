@@ -1,8 +1,15 @@
-"""Shared test fixtures: paths to the shared reference material, small keys."""
+"""Shared test fixtures: paths to the shared reference material, small keys.
+
+Every test process (the main one, or each ``pytest-xdist`` worker) gets its own fresh data cache
+(``$VDVAE_JAX_CACHE``, inherited by the experiment subprocesses): tests never read what an earlier run or
+the user left in ``~/.cache/vdvae_jax``, and two workers never build into the same folder.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -10,6 +17,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VDVAE_SHARED", REPO.parent / "shared"))
+_CACHE: list[str] = []
+
+
+def pytest_configure(config):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    _CACHE.append(tempfile.mkdtemp(prefix=f"vdvae_jax_test_cache_{worker}_"))
+    os.environ["VDVAE_JAX_CACHE"] = _CACHE[-1]
+
+
+def pytest_unconfigure(config):
+    for path in _CACHE:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
