@@ -55,7 +55,7 @@ import jax.numpy as jnp
 from vdvae_jax.distributions import Gaussian, kl_gaussian, observation_nll
 from vdvae_jax.models.base import drawn_steps, network_input
 from vdvae_jax.models.srnn_mixdvae import decoder_from_h, encoder_for, prior_from_h
-from vdvae_jax.nn.layers import ACTIVATIONS, lstm_project, lstm_step, mlp, unrolled_matmul, zero_carry
+from vdvae_jax.nn.layers import concat_matmul, lstm_project, lstm_step, mlp, mlp_parts, unrolled_matmul, zero_carry
 
 __all__ = [
     "MOTSourceUpdate",
@@ -166,7 +166,7 @@ def mot_source_update(params, config, x_init, eta, phi_inv, obs, frame0, noise, 
     length = x_init.shape[0]
     frame0 = jnp.broadcast_to(frame0, batch + (c.x_dim,)).astype(x_init.dtype)
     eps_z = drawn_steps(noise, "z", length, batch + (c.z_dim,))
-    mm = unrolled_matmul if unrolled else _concat_matmul
+    mm = unrolled_matmul if unrolled else concat_matmul
     m, var, mean, logvar, z, q, h_dec = _mot_chains(mm, params, c, x_init, lam_obs, eta_obs, frame0, eps_z,
                                                     math.log(t0_var))
     dec = Gaussian(mean, logvar)
@@ -182,22 +182,6 @@ def _sigmoid(x):
     return 0.5 * jnp.tanh(0.5 * x) + 0.5
 
 
-def _concat_matmul(parts, kernel):
-    """``concatenate(parts, -1) @ kernel`` as one dot (the differentiable counterpart of
-    :func:`~vdvae_jax.nn.layers.unrolled_matmul`)."""
-    return jnp.concatenate(parts, axis=-1) @ kernel
-
-
-def _small_mlp(mm, params, activation, name, widths, parts):
-    """MLP ``name`` on the concatenation of ``parts`` (never built) with unrolled products; returns
-    ``[output]`` (``parts`` itself for no widths)."""
-    act = ACTIVATIONS[activation]
-    for n in range(len(widths)):
-        layer = params[name][f"linear{n}"]
-        parts = [act(mm(parts, layer["kernel"]) + layer["bias"])]
-    return parts
-
-
 def _small_heads(mm, params, prefix_mean, prefix_logvar, parts):
     """Two dense heads (mean, log-variance) as one unrolled product of their concatenated kernels."""
     kernel = jnp.concatenate([params[prefix_mean]["kernel"], params[prefix_logvar]["kernel"]], axis=-1)
@@ -211,7 +195,7 @@ def _small_heads(mm, params, prefix_mean, prefix_logvar, parts):
 def _mot_prior(mm, params, c, z, h_dec):
     """:func:`~vdvae_jax.models.srnn_mixdvae.prior_from_h` for the MOT SRNN with unrolled products."""
     z_prev = jnp.concatenate([jnp.zeros_like(z[:1]), z[:-1]], axis=0)
-    u = _small_mlp(mm, params, c.activation, "mlp_hz_z", c.dense_hz_z, [h_dec, z_prev])
+    u = mlp_parts(params.get("mlp_hz_z"), [h_dec, z_prev], c.dense_hz_z, c.activation, matmul=mm)
     return Gaussian(*_small_heads(mm, params, "prior_mean", "prior_logvar", u))
 
 
@@ -229,7 +213,10 @@ def _mot_chains(mm, params, c, x_init, lam_obs, eta_obs, frame0, eps_z, t0_logva
     """
     p_h = params["rnn_h"]["forward"]
     H = c.dim_rnn_h
-    layers = functools.partial(_small_mlp, mm, params, c.activation)
+
+    def layers(name, widths, parts):
+        return mlp_parts(params.get(name), parts, widths, c.activation, matmul=mm)
+
     heads = functools.partial(_small_heads, mm, params)
 
     def x_to_gates(x):                   # lstm_project(phi(x)) for one frame
@@ -243,10 +230,8 @@ def _mot_chains(mm, params, c, x_init, lam_obs, eta_obs, frame0, eps_z, t0_logva
     def step(carry, inputs):
         (h2, c2), z_prev, m_prev = carry        # h2, c2: (2, [B,] H) = [encoder chain, decoder chain]
         x_prev_t, x_t, lam_t, eo_t, first_t, eps_t = inputs
-        gates = x_to_gates(jnp.stack([x_prev_t, m_prev])) + mm([h2], p_h["kernel_hh"])
-        i, f, g, o = jnp.split(gates, 4, axis=-1)
-        c2 = _sigmoid(f) * c2 + _sigmoid(i) * jnp.tanh(g)
-        h2 = _sigmoid(o) * jnp.tanh(c2)
+        (h2, c2), _ = lstm_step(p_h, (h2, c2), x_to_gates(jnp.stack([x_prev_t, m_prev])), matmul=mm,
+                                sigmoid=_sigmoid)
         h_enc, h_dec = h2[0], h2[1]
         q_mean, q_logvar = heads("inf_mean", "inf_logvar", layers("mlp_gz_z", c.dense_gz_z, [h_enc, x_t, z_prev]))
         z_t = q_mean + eps_t * jnp.exp(0.5 * q_logvar)

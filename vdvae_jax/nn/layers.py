@@ -38,7 +38,9 @@ __all__ = [
     "torch_uniform",
     "dense",
     "mlp",
+    "mlp_parts",
     "mlp_out_dim",
+    "concat_matmul",
     "unrolled_matmul",
     "lstm_init",
     "lstm_project",
@@ -159,12 +161,27 @@ def unrolled_matmul(parts: Sequence[jax.Array], kernel: jax.Array) -> jax.Array:
     return out
 
 
-def mlp(params, x: jax.Array, widths: Sequence[int], activation: str = "tanh") -> jax.Array:
-    """Apply an :class:`MLP` parameter dict (identity when ``widths`` is empty)."""
+def concat_matmul(parts: Sequence[jax.Array], kernel: jax.Array) -> jax.Array:
+    """``concatenate(parts, -1) @ kernel`` as one dot (the plain counterpart of :func:`unrolled_matmul`)."""
+    x = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+    return x @ kernel
+
+
+def mlp_parts(params, parts: Sequence[jax.Array], widths: Sequence[int], activation: str = "tanh", *,
+              matmul: Callable = concat_matmul) -> list[jax.Array]:
+    """:func:`mlp` on the concatenation of ``parts``, with the products done by ``matmul(parts, kernel)``
+    (e.g. :func:`unrolled_matmul`, which never builds the concatenation). Returns ``[output]``, or
+    ``parts`` itself when ``widths`` is empty."""
     act = ACTIVATIONS[activation]
     for n in range(len(widths)):
-        x = act(dense(params[f"linear{n}"], x))
-    return x
+        layer = params[f"linear{n}"]
+        parts = [act(matmul(parts, layer["kernel"]) + layer["bias"])]
+    return list(parts)
+
+
+def mlp(params, x: jax.Array, widths: Sequence[int], activation: str = "tanh") -> jax.Array:
+    """Apply an :class:`MLP` parameter dict (identity when ``widths`` is empty)."""
+    return mlp_parts(params, [x], widths, activation)[0]
 
 
 def mlp_out_dim(in_dim: int, widths: Sequence[int]) -> int:
@@ -182,12 +199,16 @@ def lstm_project(params, xs: jax.Array) -> jax.Array:
     return xs @ params["kernel_ih"] + params["bias"]
 
 
-def lstm_step(params, carry, gates_x: jax.Array):
-    """One LSTM step from precomputed input gates. ``carry = (h, c)``; returns ``((h, c), h)``."""
+def lstm_step(params, carry, gates_x: jax.Array, *, matmul: Callable = concat_matmul,
+              sigmoid: Callable = jax.nn.sigmoid):
+    """One LSTM step from precomputed input gates. ``carry = (h, c)``; returns ``((h, c), h)``.
+
+    ``matmul(parts, kernel)`` does the recurrent product (:func:`unrolled_matmul` for tiny cells);
+    ``sigmoid`` may be swapped for an equal formula that is cheaper on some backends."""
     h, c = carry
-    i, f, g, o = jnp.split(gates_x + h @ params["kernel_hh"], 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    i, f, g, o = jnp.split(gates_x + matmul([h], params["kernel_hh"]), 4, axis=-1)
+    c = sigmoid(f) * c + sigmoid(i) * jnp.tanh(g)
+    h = sigmoid(o) * jnp.tanh(c)
     return (h, c), h
 
 
