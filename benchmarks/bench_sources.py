@@ -3,6 +3,7 @@
     python benchmarks/bench_sources.py                       # everything below (long: tens of minutes)
     python benchmarks/bench_sources.py --parts sources --sources 1 2 4 8 16 32 --lengths 60
     python benchmarks/bench_sources.py --parts mot scass      # whole-run targets of the issue
+    python benchmarks/bench_sources.py --parts mot scass --devices 2   # the same on both cores
     python benchmarks/bench_sources.py --smoke                # tiny, < 30 s, for the test suite
     python benchmarks/bench_sources.py --parts mot --xla-default   # MOT with XLA:CPU default options
 
@@ -21,12 +22,21 @@ processes; the speed-ups are computed from CPU time and are approximate either w
   (CPU time, same mode and T; 1.0 = flat per-source cost, > 1 = batching over sources amortises overhead).
 * ``mot``: the whole reference MOT run: ``--batch`` (128) windows, 3 sources, T in ``--lengths``, the
   reference initialisation (30-frame chunks x 20 iterations, piecewise constant) then ``--iters`` (70)
-  iterations. Reference PyTorch on this 2-core machine (issue #5): init 14.9 s + 0.80 s/iteration at
-  T = 60, 30.1 + 1.94 at T = 120, 83.4 + 3.93 at T = 300. ``speedup_whole_run`` = reference / ours
-  (init + iters, steady state; compile reported separately).
+  iterations (no per-iteration posteriors kept, ``record=False``). Reference PyTorch on this 2-core machine
+  (issue #5): init 14.9 s + 0.80 s/iteration at T = 60, 30.1 + 1.94 at T = 120, 83.4 + 3.93 at T = 300.
+  ``whole_run_wall_s``: one :func:`~vdvae_jax.inference.mixdvae.solve` call (init + iterations, steady
+  state; ``compile_s`` = first call minus steady), with ``--devices N`` the windows split over N devices
+  running at once; ``speedup_whole_run_wall`` = reference / that. With one device, init and iterations
+  are also timed apart (``init_*``, ``iters_*``, ``speedup_init_cpu``, ``speedup_per_iter_cpu``).
 * ``scass``: one SC-ASS iteration, ``--scass-batch`` (64) mixtures, 2 sources with the published
   SC-ASS SRNN architecture (random weights of the same shapes), F = 513, T in ``--scass-lengths``
-  (50 / 100 / 300). Reference: 0.51 / 1.03 / 4.18 s per iteration.
+  (50 / 100 / 300). Reference: 0.51 / 1.03 / 4.18 s per iteration. With ``--devices N`` the mixtures are
+  split over N devices through ``solve`` and an iteration is timed as (``--scass-iters`` + 1 iterations
+  minus 1 iteration) / ``--scass-iters``.
+
+``--devices N`` on a CPU makes N CPU devices (``jax_num_cpu_devices``; one per core is the useful
+setting): each runs its share of the windows on one core, where one device leaves the second core
+mostly idle (the recursions are serial and their matrices too small for XLA's intra-op threads).
 
 The MOT prior is the published architecture (``MOTSRNNConfig()``) with random weights: the cost does not
 depend on the values. Data: synthetic linear tracks with box noise.
@@ -117,26 +127,44 @@ def _time(fn, *a, repeat, small=False):
 def bench_mot(args, out):
     params = mot_params()
     options = mv.MOTOptions.reference(init_chunk_len=args.chunk, init_iters=args.init_iters)
-    alg = mv.mot_vem(MOTSRNNConfig(), options)
+    alg = mv.mot_vem(MOTSRNNConfig(), options, record=False)
+    small = not args.xla_default
     for T in args.lengths:
         data = mv.mot_data(params, tracks(T, args.batch, 3, seed=T))
-        small = not args.xla_default
-        c_init, w_init, t_init, state = _time(alg.init, jax.random.key(0), data, repeat=args.repeat, small=small)
-        c_run, w_run, t_run, _ = _time(lambda k, s, d: run(alg, k, s, d, args.iters), jax.random.key(1), state,
-                                       data, repeat=args.repeat, small=small)
         rec = {"bench": "mot_whole_run", "xla_default": args.xla_default, "T": T, "batch": args.batch, "sources": 3,
-               "iters": args.iters,
-               "init_iters": args.init_iters, "compile_init_s": round(c_init, 3), "compile_iters_s": round(c_run, 3),
-               "init_wall_s": w_init, "iters_wall_s": w_run, "init_cpu_s": t_init, "iters_cpu_s": t_run,
-               "per_iter_cpu_s": t_run / args.iters, "whole_run_cpu_s": t_init + t_run,
-               "whole_run_wall_s": w_init + w_run}
+               "iters": args.iters, "init_iters": args.init_iters, "devices": args.devices}
+        if args.devices == 1:   # init and iterations timed apart
+            c_init, w_init, t_init, state = _time(alg.init, jax.random.key(0), data, repeat=args.repeat, small=small)
+            c_run, w_run, t_run, _ = _time(lambda k, s, d: run(alg, k, s, d, args.iters), jax.random.key(1), state,
+                                           data, repeat=args.repeat, small=small)
+            rec.update(compile_init_s=round(c_init, 3), compile_iters_s=round(c_run, 3), init_wall_s=w_init,
+                       iters_wall_s=w_run, init_cpu_s=t_init, iters_cpu_s=t_run, per_iter_cpu_s=t_run / args.iters)
+        # the whole run as users call it: mixdvae.solve (windows split across --devices)
+        c, wall, cpu = _time_solve(alg, data, args.iters, args.devices, args.repeat, small)
+        rec.update(compile_s=round(c, 3), whole_run_wall_s=wall, whole_run_cpu_s=cpu)
         if T in REF_MOT and args.iters and args.init_iters == 20 and args.chunk == 30:
             ref_init, ref_iter = REF_MOT[T]
             ref_total = ref_init + ref_iter * args.iters
-            rec.update(ref_whole_run_s=ref_total, speedup_whole_run_cpu=ref_total / (t_init + t_run),
-                       speedup_whole_run_wall=ref_total / (w_init + w_run),
-                       speedup_init_cpu=ref_init / t_init, speedup_per_iter_cpu=ref_iter / (t_run / args.iters))
+            rec.update(ref_whole_run_s=ref_total, speedup_whole_run_wall=ref_total / wall)
+            if args.devices == 1:
+                rec.update(speedup_init_cpu=ref_init / t_init, speedup_per_iter_cpu=ref_iter / (t_run / args.iters))
         emit(rec, out)
+
+
+def _time_solve(alg, data, n_iter, devices, repeat, small):
+    """(compile + first call wall s, best steady wall s, best steady process-CPU s) of
+    :func:`~vdvae_jax.inference.mixdvae.solve`."""
+    devices = None if devices == 1 else devices
+    key = jax.random.key(1)
+    t0 = time.perf_counter()
+    jax.block_until_ready(mv.solve(alg, key, data, n_iter, devices=devices))
+    first = time.perf_counter() - t0
+    best, best_cpu = float("inf"), float("inf")
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        jax.block_until_ready(mv.solve(alg, key, data, n_iter, devices=devices))
+        best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
+    return first - best, best, best_cpu
 
 
 def bench_scass(args, out, config):
@@ -148,12 +176,19 @@ def bench_scass(args, out, config):
         shape = (T, args.scass_batch, config.x_dim)
         mix = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
         data = mv.scass_data(params, mix)
-        state = jax.jit(alg.init)(jax.random.key(0), data)
-        c, wall, cpu, _ = _time(alg.step, jax.random.key(1), state, data, repeat=args.repeat)
         rec = {"bench": "scass_iter", "T": T, "batch": args.scass_batch, "sources": 2, "F": config.x_dim,
-               "compile_s": round(c, 3), "per_iter_wall_s": wall, "per_iter_cpu_s": cpu}
+               "devices": args.devices}
+        if args.devices == 1:   # one step, timed alone
+            state = jax.jit(alg.init)(jax.random.key(0), data)
+            c, wall, cpu, _ = _time(alg.step, jax.random.key(1), state, data, repeat=args.repeat)
+        else:                   # solve() on the devices: (n + 1 iterations - 1 iteration) / n
+            n = args.scass_iters
+            c, w1, c1 = _time_solve(alg, data, 1, args.devices, args.repeat, False)
+            _, wn, cn = _time_solve(alg, data, n + 1, args.devices, args.repeat, False)
+            wall, cpu = (wn - w1) / n, (cn - c1) / n
+        rec.update(compile_s=round(c, 3), per_iter_wall_s=wall, per_iter_cpu_s=cpu)
         if T in REF_SCASS and config is SCASS_PUBLISHED:
-            rec.update(ref_per_iter_s=REF_SCASS[T], speedup_cpu=REF_SCASS[T] / cpu, speedup_wall=REF_SCASS[T] / wall)
+            rec.update(ref_per_iter_s=REF_SCASS[T], speedup_wall=REF_SCASS[T] / wall)
         emit(rec, out)
 
 
@@ -172,11 +207,17 @@ def main(argv=None):
     ap.add_argument("--scass-batch", type=int, default=64)
     ap.add_argument("--scass-lengths", nargs="+", type=int, default=[50, 100, 300])
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--devices", type=int, default=1,
+                    help="mot / scass: split the windows / mixtures over this many devices (CPU: one per core, "
+                         "made with jax_num_cpu_devices) running at once (mixdvae.solve(devices=...))")
+    ap.add_argument("--scass-iters", type=int, default=4, help="scass with --devices > 1: iterations timed")
     ap.add_argument("--out", default=None, help="append the JSON lines to this file")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (< 30 s)")
     ap.add_argument("--xla-default", action="store_true",
                     help="MOT parts: compile with XLA's default CPU options instead of jit_small's")
     args = ap.parse_args(argv)
+    if args.devices > 1:   # one CPU device per core (must precede JAX's first computation)
+        jax.config.update("jax_num_cpu_devices", args.devices)
     scass_config = SCASS_PUBLISHED
     if args.smoke:
         args.sources, args.lengths, args.batch, args.iters = [2], [10], 2, 2

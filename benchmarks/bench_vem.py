@@ -4,6 +4,7 @@
     python benchmarks/bench_vem.py --priors vb_rvae --config enhance-defaults --niter 200
     python benchmarks/bench_vem.py --smoke                 # tiny random prior, for the test suite
     python benchmarks/bench_vem.py --priors vb_rvae --config enhance-defaults --niter 10 --batch 64
+    python benchmarks/bench_vem.py --priors vb_rvae --config vb --niter 10 --batch 64 --devices 2 --no-single
 
 The utterance is the 4-s clip of ``../shared/reference/inputs/audio.npz``: its speech plus its noise at
 ``--snr`` dB. Reports compile seconds (first call minus a steady call), steady-state seconds, seconds per
@@ -30,6 +31,11 @@ preset's n_iter), and FLOP/s against the float32 matmul FLOP/s measured in the s
   far below the executed count; it is reported for reference only.
 
 Use a small ``--niter`` (e.g. 10) and read ``rtf_target`` for the 200-iteration estimate.
+
+``--devices N`` (batched mode) splits the utterances over N devices that run at once
+(:func:`vdvae_jax.inference.se_vem_batch.enhance_stft_batch` ``devices=``); on a CPU these are N CPU
+devices (``jax_num_cpu_devices``), one per core: a single device runs the per-frame recursions on one
+core, their matrix-vector products being too small for XLA's intra-op threads.
 """
 
 from __future__ import annotations
@@ -140,7 +146,8 @@ def bench_batch(tag, prior, config, n_utts, chunk, speech, noise, args, matmul, 
     keys = jax.random.split(jax.random.key(0), n_utts)
     chunk = {"auto": "auto", "all": None}.get(chunk, chunk)
     chunk = se_vem_batch.resolve_chunk(chunk if chunk in ("auto", None) else int(chunk))
-    runner = se_vem_batch._runner(model, config, chunk)
+    devices = tuple(jax.local_devices()[:args.devices]) if args.devices > 1 else ()
+    runner = se_vem_batch._runner(model, config, chunk, devices)
     t0 = time.perf_counter()
     compiled = runner.lower(params, X, mask, keys).compile()
     compile_s = time.perf_counter() - t0
@@ -156,7 +163,7 @@ def bench_batch(tag, prior, config, n_utts, chunk, speech, noise, args, matmul, 
     achieved = flops / steady
     s_iter = steady / config.n_iter
     return {"bench": "se_vem_batch", "prior": tag, "config": args.config, "n_iter": config.n_iter,
-            "nmf_rank": config.nmf_rank, "batch": n_utts, "chunk": chunk or n_utts,
+            "nmf_rank": config.nmf_rank, "batch": n_utts, "chunk": chunk or n_utts, "devices": args.devices,
             "frames": int(X.shape[1]),
             "audio_s": audio_s, "compile_s": compile_s, "steady_s": steady, "s_per_iter": s_iter,
             "rtf": steady / audio_s, "target_niter": target_niter,
@@ -182,7 +189,12 @@ def main(argv=None):
     ap.add_argument("--chunk", nargs="+", default=["auto"],
                     help="utterances vmapped together in batched mode: auto, all, or ints (one record each)")
     ap.add_argument("--repeat", type=int, default=1, help="steady calls timed (min is kept)")
+    ap.add_argument("--devices", type=int, default=1,
+                    help="batched mode: split the utterances over this many devices running at once (on a "
+                         "CPU: one device per core, made with jax_num_cpu_devices)")
     args = ap.parse_args(argv)
+    if args.devices > 1:   # must precede JAX's first computation
+        jax.config.update("jax_num_cpu_devices", args.devices)
     config = PRESETS[args.config]
     vem = getattr(config, "vem", config)  # EnhanceConfig wraps an SEVEMConfig
     target_niter = args.target_niter or vem.n_iter

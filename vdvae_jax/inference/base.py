@@ -21,7 +21,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Algorithm", "run", "SMALL_MATRIX_CPU_OPTIONS", "small_matrix_compiler_options", "jit_small"]
+__all__ = ["Algorithm", "run", "SMALL_MATRIX_CPU_OPTIONS", "small_matrix_compiler_options", "jit_small",
+           "resolve_devices"]
 
 #: XLA:CPU compiler options for models whose matrices are tiny (the MixDVAE MOT SRNN: 4-32 wide).
 #: Recent XLA:CPU hands dots and reductions to YNNPACK library fusions; for contractions over 4-16
@@ -91,3 +92,19 @@ def small_matrix_compiler_options() -> dict | None:
 def jit_small(fun: Callable, **jit_kwargs) -> Callable:
     """``jax.jit`` with :func:`small_matrix_compiler_options` (for tiny-matrix models on the CPU)."""
     return jax.jit(fun, compiler_options=small_matrix_compiler_options(), **jit_kwargs)
+
+
+def resolve_devices(devices) -> tuple:
+    """Devices to split a batch over: ``None`` -> ``()`` (the default device, no split); an int ``n`` -> the
+    first ``n`` local devices; a sequence of devices as given. On a CPU, JAX shows one device unless told
+    otherwise before it starts: ``jax.config.update("jax_num_cpu_devices", n)`` (or ``XLA_FLAGS=
+    --xla_force_host_platform_device_count=n``) gives one per core."""
+    if devices is None:
+        return ()
+    local = jax.local_devices()
+    if isinstance(devices, int):
+        if not 1 <= devices <= len(local):
+            raise ValueError(f"devices={devices}, but {len(local)} local device(s) exist (on a CPU: "
+                             "jax.config.update('jax_num_cpu_devices', n) before JAX starts)")
+        return tuple(local[:devices])
+    return tuple(devices)

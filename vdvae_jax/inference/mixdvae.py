@@ -87,11 +87,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
 from vdvae_jax.distributions import Gaussian, observation_nll
 from vdvae_jax.inference import mixdvae_source as ms
-from vdvae_jax.inference.base import Algorithm, jit_small, run
+from vdvae_jax.inference.base import Algorithm, jit_small, resolve_devices, run
 
 __all__ = [
     "MOTOptions", "SCASSOptions", "MOTData", "SCASSData", "MOTState", "SCASSState", "MOTInfo", "SCASSInfo",
@@ -798,10 +800,19 @@ def scass_vem(config, options: SCASSOptions = SCASSOptions(), *, params_stacked:
 # Drivers.
 
 
-def solve(algorithm: Algorithm, key, data, n_iter: int, *, init_key=None, jit: bool = True):
+def solve(algorithm: Algorithm, key, data, n_iter: int, *, init_key=None, jit: bool = True, devices=None):
     """``init`` then ``n_iter`` steps as one ``lax.scan`` (:func:`~vdvae_jax.inference.base.run`), jitted
     once per shape. ``key`` drives the iterations (typed key, or per-iteration noise with leading axis
     ``n_iter``); ``init_key`` the initialisation (default: derived from a typed ``key``).
+
+    ``devices``: ``None`` runs on the default device. An int ``n`` (the first ``n`` local devices) or a
+    list of devices splits the batch axis of the data (``B`` windows / mixtures, divisible by their number)
+    into equal groups that run **at once**, one per device (``jax.shard_map``; on a CPU, make one device
+    per core with ``jax.config.update("jax_num_cpu_devices", n)`` before JAX starts). Group ``i`` is an
+    ordinary VEM run on its windows with keys ``fold_in(init_key, i)`` / ``fold_in(key, i)``, so with
+    several devices the random draws differ from the one-device run (same law). Everything that reduces
+    over the batch inside a group (printed losses, ELBO, convergence flags and, when fine-tuning, the
+    fine-tuned parameters) comes back with a new leading device axis, one value per group.
 
     Returns ``(final_state, infos)`` with per-iteration infos stacked on a leading axis.
     """
@@ -811,6 +822,11 @@ def solve(algorithm: Algorithm, key, data, n_iter: int, *, init_key=None, jit: b
         init_key, key = jax.random.split(key)
 
     small = isinstance(data, MOTData)   # tiny MOT matrices: compiled without YNNPACK fusions (see base)
+    devs = resolve_devices(devices)
+    if len(devs) > 1:
+        if not jit:
+            raise ValueError("devices needs jit=True")
+        return _sharded(algorithm, n_iter, small, devs, init_key, key, data)(init_key, key, data)
     fn = _jitted(algorithm, n_iter, small) if jit else functools.partial(_go, algorithm, n_iter)
     return fn(init_key, key, data)
 
@@ -828,6 +844,46 @@ def _jitted(algorithm, n_iter, small):
     if k not in _JIT_CACHE:
         jit = jit_small if small else jax.jit
         _JIT_CACHE[k] = (algorithm, jit(functools.partial(_go, algorithm, n_iter)))
+    return _JIT_CACHE[k][1]
+
+
+def _sharded(algorithm, n_iter, small, devs, init_key, key, data):
+    """``_go`` under ``shard_map`` over the batch axis of ``data`` (see :func:`solve`), jitted once per
+    (algorithm, n_iter, devices, data shapes)."""
+    if not _is_key(key):
+        raise ValueError("devices needs a typed PRNG key (noise pytrees are not split across devices)")
+    n = len(devs)
+    arrays = [f for f in data._fields if f != "params"]
+    B = getattr(data, arrays[0]).shape[1] if getattr(data, arrays[0]).ndim > 2 else None
+    if B is None or any(getattr(data, f).shape[1] != B for f in arrays) or B % n:
+        raise ValueError(f"devices={n} splits the batch axis (axis 1) of the data, which must exist and be "
+                         f"divisible by {n}; got shapes {[getattr(data, f).shape for f in arrays]}")
+    k = (id(algorithm.init), id(algorithm.step), n_iter, small, devs,
+         tuple(getattr(data, f).shape for f in arrays))
+    if k in _JIT_CACHE:
+        return _JIT_CACHE[k][1]
+    go = functools.partial(_go, algorithm, n_iter)
+    group = data._replace(**{f: getattr(data, f)[:, :B // n] for f in arrays})
+    full, part = (jax.eval_shape(go, init_key, key, d) for d in (data, group))
+
+    def spec(f, p):  # the axis that shrinks with the group is the batch axis; no such axis: per group
+        axes = [i for i, (a, b) in enumerate(zip(f.shape, p.shape)) if a != b]
+        return P(*([None] * axes[0]), "seq") if len(axes) == 1 else "group"
+
+    specs = jax.tree.map(spec, full, part)
+    is_spec = lambda x: isinstance(x, (P, str))   # noqa: E731
+    stacked = jax.tree.map(lambda sp: isinstance(sp, str), specs, is_leaf=is_spec)
+    out_specs = jax.tree.map(lambda sp: P("seq") if isinstance(sp, str) else sp, specs, is_leaf=is_spec)
+
+    def body(ik, kk, d):
+        i = jax.lax.axis_index("seq")
+        out = go(jax.random.fold_in(ik, i), jax.random.fold_in(kk, i), d)
+        return jax.tree.map(lambda leaf, st: leaf[None] if st else leaf, out, stacked)
+
+    mesh = jax.sharding.Mesh(np.asarray(devs), ("seq",))
+    in_specs = (P(), P(), data._replace(params=P(), **{f: P(None, "seq") for f in arrays}))
+    fn = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    _JIT_CACHE[k] = (algorithm, (jit_small if small else jax.jit)(fn))
     return _JIT_CACHE[k][1]
 
 

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdvae_jax.inference.base import run
+from vdvae_jax.inference.base import resolve_devices, run
 from vdvae_jax.inference.se_vem import VB_SETTINGS, SEVEMConfig, SEVEMData, make_se_vem, wiener_filter
 
 __all__ = ["resolve_chunk", "batch_fn", "enhance_stft_batch", "enhance_waveforms"]
@@ -81,10 +81,17 @@ def batch_fn(model, config: SEVEMConfig = VB_SETTINGS, chunk: int | None = None)
 
 
 @functools.lru_cache(maxsize=16)
-def _runner(model, config: SEVEMConfig, chunk: int | None):
-    """``jax.jit(batch_fn(model, config, chunk))``, one per (model, config, chunk); traced once per
-    (U, N)."""
-    return jax.jit(batch_fn(model, config, chunk))
+def _runner(model, config: SEVEMConfig, chunk: int | None, devices: tuple = ()):
+    """``jax.jit(batch_fn(model, config, chunk))``, one per (model, config, chunk, devices); traced once per
+    (U, N). With several ``devices`` the utterance axis is split over them (``jax.shard_map``): each
+    device runs ``batch_fn`` on its U / len(devices) utterances, all devices at once."""
+    fn = batch_fn(model, config, chunk)
+    if len(devices) > 1:
+        mesh = jax.sharding.Mesh(np.asarray(devices), ("utt",))
+        utt = jax.sharding.PartitionSpec("utt")
+        fn = jax.shard_map(fn, mesh=mesh, in_specs=(jax.sharding.PartitionSpec(), utt, utt, utt),
+                           out_specs=utt, check_vma=False)
+    return jax.jit(fn)
 
 
 def _check_config(config):
@@ -110,7 +117,7 @@ def _check_batch(X, mask, keys, x_dim: int):
 
 
 def enhance_stft_batch(model, params, X, mask, keys, config: SEVEMConfig = VB_SETTINGS, *,
-                       chunk="auto"):
+                       chunk="auto", devices=None):
     """SE-VEM + Wiener filter on a batch of end-padded STFTs.
 
     Args:
@@ -121,6 +128,10 @@ def enhance_stft_batch(model, params, X, mask, keys, config: SEVEMConfig = VB_SE
       keys: (U,) typed PRNG keys, one per utterance.
       config: SE-VEM settings (``record`` is ignored).
       chunk: utterances vmapped together (see :func:`batch_fn`); ``"auto"``: 1 on CPU, all elsewhere.
+      devices: ``None`` (the default device), an int ``n`` (the first ``n`` local devices) or a list of
+        devices: the U utterances (U divisible by their number) are split over them and enhanced at once
+        (on a CPU, one device per core: ``jax.config.update("jax_num_cpu_devices", n)`` before JAX
+        starts). Utterance ``u`` still uses ``keys[u]``, so the result is the one-device result.
 
     Returns:
       ``(S_hat, B_hat)``, (U, N, F) complex speech and noise estimates (0 on masked frames).
@@ -129,7 +140,10 @@ def enhance_stft_batch(model, params, X, mask, keys, config: SEVEMConfig = VB_SE
     X = jnp.asarray(X)
     mask = jnp.asarray(mask)
     _check_batch(X, mask, keys, model.config.x_dim)
-    run_batch = _runner(model, dataclasses.replace(config, record=False), resolve_chunk(chunk))
+    devs = resolve_devices(devices)
+    if len(devs) > 1 and X.shape[0] % len(devs):
+        raise ValueError(f"{X.shape[0]} utterances cannot be split evenly over {len(devs)} devices")
+    run_batch = _runner(model, dataclasses.replace(config, record=False), resolve_chunk(chunk), devs)
     return run_batch(params, X, mask.astype(bool), keys)
 
 
@@ -138,7 +152,7 @@ def _next_pow2(n: int) -> int:
 
 
 def enhance_waveforms(waves, sr: int, prior, config: SEVEMConfig = VB_SETTINGS, key=None, *,
-                      bucket: int = 64, batch_size: int = 16, chunk="auto",
+                      bucket: int = 64, batch_size: int = 16, chunk="auto", devices=None,
                       return_noise: bool = False, progress: bool = True):
     """Enhance a list of noisy waveforms with batched SE-VEM.
 
@@ -155,7 +169,8 @@ def enhance_waveforms(waves, sr: int, prior, config: SEVEMConfig = VB_SETTINGS, 
       bucket: frame counts are rounded up to a multiple of this.
       batch_size: most utterances per compiled call (batches are padded to a power of two by
         repeating an utterance, whose extra result is dropped).
-      chunk: see :func:`enhance_stft_batch`.
+      chunk, devices: see :func:`enhance_stft_batch` (batches are padded to a multiple of the number
+        of devices).
       return_noise: also return the noise estimates.
       progress: show a tqdm bar (utterances done).
 
@@ -179,6 +194,7 @@ def enhance_waveforms(waves, sr: int, prior, config: SEVEMConfig = VB_SETTINGS, 
     f = STFT.n_fft // 2 + 1
     key = jax.random.key(0) if key is None else key
     keys = jax.random.split(key, len(waves))
+    n_dev = max(len(resolve_devices(devices)), 1)
 
     xs, peaks, stfts = zip(*(analyse(w, sr, f"noisy waveform {i}") for i, w in enumerate(waves)))
 
@@ -192,6 +208,7 @@ def enhance_waveforms(waves, sr: int, prior, config: SEVEMConfig = VB_SETTINGS, 
             for start in range(0, len(idx), batch_size):
                 part = idx[start:start + batch_size]
                 u = min(batch_size, _next_pow2(len(part)))
+                u = -(-u // n_dev) * n_dev
                 rows = part + [part[0]] * (u - len(part))
                 X = np.zeros((u, n_pad, f), np.complex64)
                 mask = np.zeros((u, n_pad), bool)
@@ -199,7 +216,7 @@ def enhance_waveforms(waves, sr: int, prior, config: SEVEMConfig = VB_SETTINGS, 
                     X[r, :stfts[i].shape[0]] = stfts[i]
                     mask[r, :stfts[i].shape[0]] = True
                 S, B = enhance_stft_batch(model, params, X, mask, keys[np.asarray(rows)], config,
-                                          chunk=chunk)
+                                          chunk=chunk, devices=devices)
                 S, B = np.asarray(S), np.asarray(B)
                 for r, i in enumerate(part):
                     n = stfts[i].shape[0]
