@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO
 
@@ -51,18 +52,33 @@ def test_bench_train_step_smoke(tmp_path):
 
 
 def test_bench_vem_smoke(tmp_path):
-    run([str(REPO / "benchmarks/bench_vem.py"), "--smoke", "--out", str(tmp_path / "v.jsonl")], tmp_path)
+    run([str(REPO / "benchmarks/bench_vem.py"), "--smoke", "--devices", "2", "--out", str(tmp_path / "v.jsonl")],
+        tmp_path)
     records = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
+    batch = [r for r in records if r["bench"] == "se_vem_batch"]
+    assert len(batch) == 1 and batch[0]["devices"] == 2 and batch[0]["steady_s"] > 0
+    assert batch[0]["dot_flops"] > 0 and 0 < batch[0]["fraction_of_matmul"]
     rec = records[-1]
     assert rec["bench"] == "se_vem" and rec["steady_s"] > 0 and rec["rtf"] > 0
     assert np.isfinite(rec["si_sdr_out"])
 
 
-def test_bench_sources_smoke(tmp_path):
-    run([str(REPO / "benchmarks/bench_sources.py"), "--smoke", "--modes", "vmap",
+@pytest.mark.parametrize("devices", [1, 2])
+def test_bench_sources_smoke(tmp_path, devices):
+    parts = ["--parts", "mot", "scass", "--devices", "2"] if devices == 2 else []
+    run([str(REPO / "benchmarks/bench_sources.py"), "--smoke", "--modes", "vmap", *parts,
          "--out", str(tmp_path / "s.jsonl")], tmp_path)
     records = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
-    assert records and all(np.isfinite(r.get("steady_s", 0.0)) for r in records)
+    kinds = {"environment", "mot_whole_run", "scass_iter"} | ({"sources"} if devices == 1 else set())
+    assert {r["bench"] for r in records} == kinds
+    assert records[0]["n_devices"] == devices
+    for r in records[1:]:
+        assert r["devices" if "devices" in r else "S"] == (devices if "devices" in r else 2)
+        for name in ("step_s", "whole_run_wall_s", "init_wall_s", "iters_wall_s"):
+            if name in r:
+                assert np.isfinite(r[name]) and r[name] > 0, (name, r)
+        if r["bench"] == "scass_iter":   # with devices: a difference of two timings, finite
+            assert np.isfinite(r["per_iter_wall_s"])
 
 
 def test_mixdvae_mot_smoke(tmp_path):
