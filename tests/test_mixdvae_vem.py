@@ -256,4 +256,3 @@ def test_mot_one_pass_diagnostics_equal_the_term_by_term_definitions():
                                         *args[4:], upd.loss)
     _close(printed, mv._mot_printed(eta, data.obs, state.phi, upd.mean, upd.var, upd.loss), rtol=1e-5, atol=1e-5)
     _close(elbo, jnp.sum(mv.mot_elbo_terms(*args)["elbo"]), rtol=1e-5)
-
