@@ -56,6 +56,7 @@ from common import emit, environment, matmul_flops_per_s, xla_flops  # noqa: E40
 from vdvae_jax.data.stft import stft_librosa  # noqa: E402
 from vdvae_jax.enhance import PRESETS, STFT, enhance, load_prior  # noqa: E402
 from vdvae_jax.inference import se_vem_batch  # noqa: E402
+from vdvae_jax.inference.base import resolve_devices  # noqa: E402
 from vdvae_jax.metrics import si_sdr  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -146,7 +147,7 @@ def bench_batch(tag, prior, config, n_utts, chunk, speech, noise, args, matmul, 
     keys = jax.random.split(jax.random.key(0), n_utts)
     chunk = {"auto": "auto", "all": None}.get(chunk, chunk)
     chunk = se_vem_batch.resolve_chunk(chunk if chunk in ("auto", None) else int(chunk))
-    devices = tuple(jax.local_devices()[:args.devices]) if args.devices > 1 else ()
+    devices = resolve_devices(args.devices) if args.devices > 1 else ()
     runner = se_vem_batch._runner(model, config, chunk, devices)
     t0 = time.perf_counter()
     compiled = runner.lower(params, X, mask, keys).compile()
