@@ -246,8 +246,13 @@ def test_mot_one_pass_diagnostics_equal_the_term_by_term_definitions():
     data = mv.mot_data(_mot_params(), _tracks(T=12))
     alg = mv.mot_vem(MOT, mv.MOTOptions.reference(init="constant"))
     state = alg.init(jax.random.key(0), data)
-    eta = mv.mot_assignment(data.obs, data.mask, state.phi, state.mean, state.var, 0.008, 1e-10)
+    # E-W written out (log-domain floor, softmax over sources) against the cost-based implementation
+    maha, trace = mv._mot_distance(data.obs, state.phi, state.mean, state.var)
+    log_beta = -0.5 * jnp.sum(jnp.log(state.phi), -1) - 0.5 * 0.008 * (maha + trace)
+    eta = jnp.where(data.mask, jax.nn.softmax(jnp.logaddexp(log_beta, np.log(1e-10)), axis=0), 0.0)
     np.testing.assert_allclose(eta, state.eta, rtol=1e-5, atol=1e-6)  # init's E-W from the cached cost
+    np.testing.assert_allclose(mv.mot_assignment(data.obs, data.mask, state.phi, state.mean, state.var, 0.008,
+                                                 1e-10), eta, rtol=1e-5, atol=1e-6)
     upd = jax.vmap(lambda x, e, f0, k: ms.mot_source_update(data.params, MOT, x, e, 1.0 / state.phi, data.obs, f0,
                                                              k, mask=data.mask))(
         state.mean, eta, data.frame0, jax.random.split(jax.random.key(2), 3))

@@ -413,10 +413,10 @@ def _mot_distance(obs, phi, mean, var):
 
 
 def mot_assignment(obs, mask, phi, mean, var, gamma, floor):
-    """E-W for MOT: eta (S, T, [B,] K), rows over sources sum to one where ``mask``, 0 elsewhere."""
-    maha, trace = _mot_distance(obs, phi, mean, var)
-    log_beta = -0.5 * _sum_coords(jnp.log(phi)) - 0.5 * gamma * (maha + trace)
-    return jnp.where(mask, _softmax_sources(log_beta, floor), 0.0)
+    """E-W for MOT: eta (S, T, [B,] K), rows over sources sum to one where ``mask``, 0 elsewhere;
+    :math:`\\log\\beta = -\\tfrac12\\log|\\Phi| - \\tfrac\\gamma2[(o-m)^\\top\\Phi^{-1}(o-m)
+    + \\mathrm{tr}(\\Phi^{-1}\\Sigma)]`."""
+    return _assignment_from_cost(_mot_cost(obs, phi, mean, var), phi, mask, gamma, floor)
 
 
 def _mot_cost(obs, phi, mean, var):
@@ -428,8 +428,8 @@ def _mot_cost(obs, phi, mean, var):
 
 
 def _assignment_from_cost(cost, phi, mask, gamma, floor):
-    """:func:`mot_assignment` from :func:`_mot_cost`: :math:`\\log\\beta = -\\gamma c - \\tfrac{1-\\gamma}2
-    \\log|\\Phi|`."""
+    """:func:`mot_assignment` from its :func:`_mot_cost` (the same :math:`\\log\\beta`, written
+    :math:`-\\gamma c - \\tfrac{1-\\gamma}2\\log|\\Phi|`)."""
     log_beta = -gamma * cost - 0.5 * (1.0 - gamma) * _sum_coords(jnp.log(phi))
     return jnp.where(mask, _softmax_sources(log_beta, floor), 0.0)
 
