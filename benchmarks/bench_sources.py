@@ -108,6 +108,16 @@ def bench_sources(args, out):
                       "vmap_efficiency": (base / per) if base else None}, out)
 
 
+def _best(call, repeat):
+    """(best wall s, best process-CPU s, last result) of ``repeat`` blocking calls of ``call()``."""
+    best, best_cpu, res = float("inf"), float("inf"), None
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = jax.block_until_ready(call())
+        best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
+    return best, best_cpu, res
+
+
 def _time(fn, *a, repeat, small=False):
     """(compile wall s, best steady wall s, best steady process-CPU s, result); ``small``: compile with
     :func:`~vdvae_jax.inference.base.jit_small` (as ``solve`` and ``track`` do for MOT)."""
@@ -116,11 +126,7 @@ def _time(fn, *a, repeat, small=False):
     compiled = jitted.lower(*a).compile()
     compile_s = time.perf_counter() - t0
     jax.block_until_ready(compiled(*a))
-    best, best_cpu = float("inf"), float("inf")
-    for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
-        res = jax.block_until_ready(compiled(*a))
-        best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
+    best, best_cpu, res = _best(lambda: compiled(*a), repeat)
     return compile_s, best, best_cpu, res
 
 
@@ -140,7 +146,7 @@ def bench_mot(args, out):
             rec.update(compile_init_s=round(c_init, 3), compile_iters_s=round(c_run, 3), init_wall_s=w_init,
                        iters_wall_s=w_run, init_cpu_s=t_init, iters_cpu_s=t_run, per_iter_cpu_s=t_run / args.iters)
         # the whole run as users call it: mixdvae.solve (windows split across --devices)
-        c, wall, cpu = _time_solve(alg, data, args.iters, args.devices, args.repeat, small)
+        c, wall, cpu = _time_solve(alg, data, args.iters, args.devices, args.repeat)
         rec.update(compile_s=round(c, 3), whole_run_wall_s=wall, whole_run_cpu_s=cpu)
         if T in REF_MOT and args.iters and args.init_iters == 20 and args.chunk == 30:
             ref_init, ref_iter = REF_MOT[T]
@@ -151,19 +157,16 @@ def bench_mot(args, out):
         emit(rec, out)
 
 
-def _time_solve(alg, data, n_iter, devices, repeat, small):
+def _time_solve(alg, data, n_iter, devices, repeat):
     """(compile + first call wall s, best steady wall s, best steady process-CPU s) of
-    :func:`~vdvae_jax.inference.mixdvae.solve`."""
+    :func:`~vdvae_jax.inference.mixdvae.solve` (which picks its own compiler options: ``--xla-default``
+    does not apply here)."""
     devices = None if devices == 1 else devices
-    key = jax.random.key(1)
+    call = lambda: mv.solve(alg, jax.random.key(1), data, n_iter, devices=devices)   # noqa: E731
     t0 = time.perf_counter()
-    jax.block_until_ready(mv.solve(alg, key, data, n_iter, devices=devices))
+    jax.block_until_ready(call())
     first = time.perf_counter() - t0
-    best, best_cpu = float("inf"), float("inf")
-    for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
-        jax.block_until_ready(mv.solve(alg, key, data, n_iter, devices=devices))
-        best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
+    best, best_cpu, _ = _best(call, repeat)
     return first - best, best, best_cpu
 
 
@@ -183,8 +186,8 @@ def bench_scass(args, out, config):
             c, wall, cpu, _ = _time(alg.step, jax.random.key(1), state, data, repeat=args.repeat)
         else:                   # solve() on the devices: (n + 1 iterations - 1 iteration) / n
             n = args.scass_iters
-            c, w1, c1 = _time_solve(alg, data, 1, args.devices, args.repeat, False)
-            _, wn, cn = _time_solve(alg, data, n + 1, args.devices, args.repeat, False)
+            c, w1, c1 = _time_solve(alg, data, 1, args.devices, args.repeat)
+            _, wn, cn = _time_solve(alg, data, n + 1, args.devices, args.repeat)
             wall, cpu = (wn - w1) / n, (cn - c1) / n
         rec.update(compile_s=round(c, 3), per_iter_wall_s=wall, per_iter_cpu_s=cpu)
         if T in REF_SCASS and config is SCASS_PUBLISHED:
@@ -214,7 +217,8 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="append the JSON lines to this file")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (< 30 s)")
     ap.add_argument("--xla-default", action="store_true",
-                    help="MOT parts: compile with XLA's default CPU options instead of jit_small's")
+                    help="MOT parts: compile the timed step / init / iterations with XLA's default CPU options "
+                         "instead of jit_small's (the whole-run solve() record keeps solve's own choice)")
     args = ap.parse_args(argv)
     if args.devices > 1:   # one CPU device per core (must precede JAX's first computation)
         jax.config.update("jax_num_cpu_devices", args.devices)
