@@ -323,14 +323,15 @@ def main(argv=None):
         # utterance; with --nda-recentre on, the noise head moved to each utterance's noise floor).
         if "U-NDA" not in args.configs:
             continue
+        per_utterance = lambda tree: jax.tree.map(                                    # noqa: E731
+            lambda a: jnp.broadcast_to(a, (len(items),) + a.shape), tree)
         if args.nda_recentre == "on":
             nd_starts = jax.vmap(lambda P, m: ddgm.recentre_noise(nd_params, P, m, train_floor, cfg),
                                  in_axes=(1, 1))(P_tb, m_tb)
         else:
-            nd_starts = jax.tree.map(lambda a: jnp.broadcast_to(a, (len(items),) + a.shape), nd_params)
+            nd_starts = per_utterance(nd_params)
         if args.nda_encoder == "pretrained":
-            nd_starts = {**nd_starts, "speech": jax.tree.map(
-                lambda a: jnp.broadcast_to(a, (len(items),) + a.shape), enc)}
+            nd_starts = {**nd_starts, "speech": per_utterance(enc)}
         c_s = 0.0
         if nda_cfg == cfg:  # same compiled program as U-NA
             nda_c = una_c

@@ -263,21 +263,24 @@ def _smooth_m_step(P, vs, Ws, Hs, g, Bs, Cs, m):
     f, n = P_fn.shape
     mm = nmf._mm
 
-    def left(Bi, x):  # B_i x, B_i^T x
-        return (x, x) if Bi is None else (mm(Bi, x), mm(Bi.T, x))
+    def left(Bi, x):  # B_i x (B_i None: identity)
+        return x if Bi is None else mm(Bi, x)
+
+    def left_t(Bi, x):  # B_i^T x
+        return x if Bi is None else mm(Bi.T, x)
 
     def noise(Ws, Hs):
-        return sum(mm(left(Bi, Wi)[0], mm(Hi, Ci)) for Wi, Hi, Bi, Ci in zip(Ws, Hs, Bs, Cs))
+        return sum(mm(left(Bi, Wi), mm(Hi, Ci)) for Wi, Hi, Bi, Ci in zip(Ws, Hs, Bs, Cs))
 
     def sums(Vb):
         inv = 1.0 / (g * vs_rfn + Vb).reshape((-1, f, n))
         return P_fn * jnp.sum(inv * inv, axis=0) * m, jnp.sum(inv, axis=0) * m
 
     s2, s1 = sums(noise(Ws, Hs))
-    Ws = tuple(_mm_update(left(Bi, mm(s2, mm(Hi, Ci).T))[1], left(Bi, mm(s1, mm(Hi, Ci).T))[1], Wi)
+    Ws = tuple(_mm_update(left_t(Bi, mm(s2, mm(Hi, Ci).T)), left_t(Bi, mm(s1, mm(Hi, Ci).T)), Wi)
                for Wi, Hi, Bi, Ci in zip(Ws, Hs, Bs, Cs))
     s2, s1 = sums(noise(Ws, Hs))
-    Hs = tuple(_mm_update(mm(mm(left(Bi, Wi)[0].T, s2), Ci.T), mm(mm(left(Bi, Wi)[0].T, s1), Ci.T), Hi)
+    Hs = tuple(_mm_update(mm(mm(left(Bi, Wi).T, s2), Ci.T), mm(mm(left(Bi, Wi).T, s1), Ci.T), Hi)
                for Wi, Hi, Bi, Ci in zip(Ws, Hs, Bs, Cs))
     Ws, Hs = zip(*(nmf.normalize_l1(Wi, Hi) for Wi, Hi in zip(Ws, Hs)))
     WH = noise(Ws, Hs)
