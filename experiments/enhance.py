@@ -8,17 +8,18 @@
    ``$VDVAE_JAX_CACHE/enhance_prior_<digest>/model.npz`` (retrained only when its settings change).
 2. Noisy corpus (:mod:`vdvae_jax.data.noisy`): test = held-out speakers x a held-out noise type
    (amplitude-modulated coloured noise) at -5, 0, 5, 10 dB; train = training speakers x white, pink,
-   brown and babble noise.
+   brown and babble noise (``--noise-split recording``: and amplitude-modulated noise, other instances).
 3. Methods, each on the same ``--utts`` test mixtures per SNR (one padded batch):
    NMF-VEM (SE-VEM with NMF noise, batched: :mod:`vdvae_jax.inference.se_vem_batch`), and
    LV / NO / NOLV x U-NA (per-utterance training from the pretrained encoder and a fresh noise net),
-   U-ND (encoder + noise net trained on the noisy training mixtures, one forward pass), U-NDA (U-ND then
+   U-ND (noise net trained on the noisy training mixtures, one forward pass), U-NDA (U-ND then
    the U-NA loop per utterance) (:mod:`vdvae_jax.inference.ddgm`). Defaults against the low-SNR role
    swap: a debiased noise-floor init (``--floor-debias``), a profiled per-utterance speech gain
-   (``--speech-gain``), U-NDA from the U-ND noise net re-centred on the utterance's noise floor
-   (``--nda-recentre``) and the pretrained speech encoder (``--nda-encoder``), Adam 5e-4 for U-NA and U-ND;
-   ``--floor-debias off --speech-gain none --nda-recentre off --nda-encoder nd --na-lr 2e-3 --nd-lr 2e-3``
-   gives the previous settings (first measurement).
+   (``--speech-gain``), U-ND training the noise net only and keeping the clean-speech encoder
+   (``--nd-train noise``; the reference also trains the encoder: ``all``), U-NDA from the U-ND noise net
+   re-centred on the utterance's noise floor (``--nda-recentre``) and the pretrained speech encoder
+   (``--nda-encoder``), Adam 5e-4 for U-NA and U-ND; ``--floor-debias off --speech-gain none --nda-recentre
+   off --nda-encoder nd --nd-train all --na-lr 2e-3 --nd-lr 2e-3`` gives the first measurement's settings.
 4. Metrics vs the clean utterance: SI-SDR (dB), PESQ wide-band (P.862.2 MOS-LQO) and ESTOI; median per
    SNR, mean over all; iterations per utterance; RTF = batched compute seconds (compilation excluded,
    reported separately) / seconds of audio. Writes ``results.json``, ``results.md`` and
@@ -182,13 +183,15 @@ def main(argv=None):
                          "'off' = the first measurement)")
     ap.add_argument("--speech-gain", default="utterance", choices=["utterance", "none"],
                     help="profiled per-utterance speech gain (DDGMConfig.speech_gain; 'none' = reference)")
-    ap.add_argument("--nda-lr", type=float, default=None, help="U-NDA Adam lr (default: --na-lr)")
+    ap.add_argument("--nda-lr", type=float, default=1e-4,
+                    help="U-NDA Adam lr: fine-tuning a trained model takes smaller steps than U-NA from scratch "
+                         "(the first measurement used --na-lr)")
     ap.add_argument("--nda-iter", type=int, default=None, help="U-NDA steps per utterance (default: --na-iter)")
     ap.add_argument("--nda-recentre", default="on", choices=["on", "off"],
                     help="shift the U-ND noise head bias to the utterance's noise floor before U-NDA "
                          "(ddgm.recentre_noise; 'off' = the first measurement)")
     ap.add_argument("--beta", type=float, default=1.0, help="KL weight of the DDGM loss")
-    ap.add_argument("--nd-epochs", type=int, default=8)
+    ap.add_argument("--nd-epochs", type=int, default=40)
     ap.add_argument("--nda-encoder", default="pretrained", choices=["pretrained", "nd"],
                     help="U-NDA speech-encoder start: the clean-speech 'pretrained' one (the U-ND encoder, "
                          "trained without clean targets, maps noise to speech at -5 dB) or the U-ND one "
@@ -196,6 +199,10 @@ def main(argv=None):
     ap.add_argument("--nd-lr", type=float, default=5e-4,
                     help="U-ND peak Adam lr (reference 5e-4; the first measurement used 2e-3)")
     ap.add_argument("--nd-batch", type=int, default=32)
+    ap.add_argument("--nd-train", default="noise", choices=["all", "noise"],
+                    help="U-ND trains encoder + noise net ('all', reference) or the noise net only ('noise')")
+    ap.add_argument("--nda-train", default="all", choices=["all", "noise"],
+                    help="U-NDA adapts encoder + noise net ('all', as U-NA) or the noise net only ('noise')")
     ap.add_argument("--nd-files", type=int, default=None, help="noisy training mixtures used (default all)")
     ap.add_argument("--nmf-iter", type=int, default=100)
     ap.add_argument("--nmf-lr", type=float, default=1e-3)
@@ -205,6 +212,9 @@ def main(argv=None):
     ap.add_argument("--snrs", type=float, nargs="+", default=None, help="evaluate only these SNRs")
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
                     help="only merge the results.json of these --out folders into --out (e.g. runs per kind)")
+    ap.add_argument("--noise-split", default="type", choices=["type", "recording"],
+                    help="test noise held out as a type ('type') or only as recordings of types also in "
+                         "training ('recording', as WSJ0-QUT)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes for the test suite (< 60 s)")
     args = ap.parse_args(argv)
@@ -222,7 +232,7 @@ def main(argv=None):
                                       progress=False, num_workers=1)
     else:
         corpus = build_default_corpus(args.seed)
-    noisy = build_noisy_corpus(args.seed, corpus=corpus, progress=not args.smoke)
+    noisy = build_noisy_corpus(args.seed, corpus=corpus, noise_split=args.noise_split, progress=not args.smoke)
     model, params, prior_dir = speech_prior(args, log)
     items, X, mask = test_batch(noisy, args.utts, args.snrs)
     snrs = tuple(args.snrs or noisy.snrs)
@@ -271,7 +281,7 @@ def main(argv=None):
     cfg = ddgm.DDGMConfig(n_iter=args.na_iter, lr=args.na_lr, beta=args.beta, noise_init=args.noise_init,
                           floor_quantile=args.floor_quantile, floor_debias=args.floor_debias == "on",
                           speech_gain=args.speech_gain)
-    nda_cfg = dataclasses.replace(cfg, lr=args.nda_lr or args.na_lr,
+    nda_cfg = dataclasses.replace(cfg, lr=args.nda_lr or args.na_lr, train_encoder=args.nda_train == "all",
                                   n_iter=args.na_iter if args.nda_iter is None else args.nda_iter)
     enc, frozen = ddgm.split_speech_params(model, params, cfg)
     P_tb = jnp.swapaxes(jnp.abs(jnp.asarray(X)) ** 2, 0, 1)  # (T, B, F)
@@ -280,7 +290,8 @@ def main(argv=None):
         args.kinds = []
     segs = noisy_segments(noisy, "train", 100, max_files=args.nd_files) if args.kinds else np.ones((1, 1, 1))
     log(f"U-ND training data: {segs.shape[0]} noisy segments of 100 frames")
-    nd_cfg = ddgm.NDConfig(epochs=args.nd_epochs, batch_size=args.nd_batch, lr=args.nd_lr)
+    nd_cfg = ddgm.NDConfig(epochs=args.nd_epochs, batch_size=args.nd_batch, lr=args.nd_lr,
+                           train_encoder=args.nd_train == "all")
     train_floor = np.quantile(segs.reshape(-1, segs.shape[-1]), cfg.floor_quantile, axis=0)
 
     for kind in args.kinds:

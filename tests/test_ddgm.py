@@ -126,6 +126,14 @@ def test_una_loss_decreases(speech):
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     # the decoder (frozen) is not part of the trainable tree
     assert set(state.trainable["speech"]) <= set(ddgm.split_speech_params(model, params, cfg)[0])
+    # train_encoder=False: the encoder stays where it started, the noise net moves
+    start = ddgm.fresh_trainable(model, nm, params, jax.random.key(13), cfg, P)
+    alg = ddgm.make_adaptation(model, nm, ddgm.DDGMConfig(n_iter=3, lr=1e-2, train_encoder=False))
+    st = alg.init(start)
+    for i in range(3):
+        st, _ = alg.step(jax.random.key(i), st, data)
+    chex.assert_trees_all_equal(st.trainable["speech"], start["speech"])
+    assert not np.allclose(st.trainable["noise"]["head"]["bias"], start["noise"]["head"]["bias"])
 
 
 def test_adapt_batch_matches_single_and_unda_starts_from_und(speech):
@@ -140,6 +148,12 @@ def test_adapt_batch_matches_single_and_unda_starts_from_und(speech):
                                     segs, jax.random.key(16), progress=False)
     assert len(hist) == 2 and all(np.isfinite(h["loss"]) for h in hist)
     assert not np.allclose(nd_params["noise"]["head"]["bias"], t0["noise"]["head"]["bias"])
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(nd_params["speech"]), jax.tree.leaves(enc)))
+    # noise net only: the encoder keeps its clean-speech weights exactly, the noise net still moves
+    nd_noise, _ = ddgm.train_nd(model, nm, cfg, ddgm.NDConfig(epochs=2, batch_size=3, lr=1e-2, train_encoder=False),
+                                frozen, t0, segs, jax.random.key(16), progress=False)
+    chex.assert_trees_all_equal(nd_noise["speech"], enc)
+    assert not np.allclose(nd_noise["noise"]["head"]["bias"], t0["noise"]["head"]["bias"])
     # padded batch of two utterances of different lengths == each alone
     P = _toy_power(jax.random.key(17), t=T + 3, batch=(2,))
     mask = jnp.stack([jnp.arange(T + 3) < T, jnp.ones(T + 3, bool)], axis=1)

@@ -261,3 +261,29 @@ def test_mot_one_pass_diagnostics_equal_the_term_by_term_definitions():
                                         *args[4:], upd.loss)
     _close(printed, mv._mot_printed(eta, data.obs, state.phi, upd.mean, upd.var, upd.loss), rtol=1e-5, atol=1e-5)
     _close(elbo, jnp.sum(mv.mot_elbo_terms(*args)["elbo"]), rtol=1e-5)
+
+
+def test_scass_one_pass_diagnostics_equal_the_term_by_term_definitions():
+    """SC-ASS step: E-W from the shared cost equals scass_assignment written out, and the fused printed
+    losses / ELBO equal _scass_printed and sum(scass_elbo_terms)."""
+    mix = jnp.asarray(_mix(T=6, B=2))
+    data = mv.scass_data(mv.stack_params([_sc_params(0), _sc_params(1)]), mix)
+    alg = mv.scass_vem(SC, mv.SCASSOptions.reference())
+    state = alg.init(jax.random.key(0), data)
+    state, info = jax.jit(alg.step)(jax.random.key(1), state, data)
+    v_x = 0.03 * jnp.abs(mix) ** 2 + mv.SCASSOptions.reference().vx_floor
+    d = jnp.abs(mix[None] - state.mu) ** 2
+    log_beta = -jnp.log(v_x) - (d + state.v_phi) / v_x
+    floor = mv.SCASSOptions.reference().beta_floor
+    eta = jax.nn.softmax(jnp.logaddexp(log_beta, np.log(floor)) if floor > 0 else log_beta, axis=0)
+    np.testing.assert_allclose(state.eta, eta, rtol=1e-5, atol=1e-6)
+    q = mv.Gaussian(jax.random.normal(jax.random.key(3), (2, 6, 2, SC.z_dim)), jnp.full((2, 6, 2, SC.z_dim), -0.3))
+    p = mv.Gaussian(jnp.zeros_like(q.mean), jnp.full(q.mean.shape, 0.2))
+    v_theta = jnp.exp(jax.random.normal(jax.random.key(4), state.v_phi.shape))
+    losses = jnp.arange(4.0)
+    printed, elbo = mv._scass_diagnostics(eta, mv._scass_cost(mix, v_x, state.mu, state.v_phi), state.mu,
+                                          state.v_phi, v_theta, q, p, losses)
+    _close(printed, mv._scass_printed(eta, mix, v_x, state.mu, state.v_phi, losses), rtol=1e-5, atol=1e-5)
+    terms = mv.scass_elbo_terms(eta, mix, v_x, state.mu, state.v_phi, v_theta, q, p)
+    _close(elbo, jnp.sum(terms["elbo"]), rtol=1e-5)
+    assert np.isfinite(float(info.elbo)) and np.isfinite(np.asarray(info[:5], float)).all()

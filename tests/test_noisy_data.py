@@ -68,6 +68,22 @@ def test_segments_and_errors(small):
         build_noisy_corpus(3, corpus=corpus, cache_dir=root / "bad", test_noises=("thunder",), progress=False)
     with pytest.raises(ValueError, match="split"):
         noisy.mixtures("dev")
+    with pytest.raises(ValueError, match="noise_split"):
+        build_noisy_corpus(3, corpus=corpus, cache_dir=root / "bad", noise_split="speaker", progress=False)
+
+
+def test_recording_split_trains_on_the_test_noise_type(small):
+    """noise_split='recording' (WSJ0-QUT-like): training also has the test noise type, with other seeds."""
+    root, corpus, typed = small
+    rec = build_noisy_corpus(3, corpus=corpus, cache_dir=root / "noisy", noise_split="recording", progress=False)
+    assert rec.root != typed.root
+    train = rec.mixtures("train")
+    assert {m.noise for m in rec.mixtures("test")} == {"amplitude_modulated"}
+    assert list(rec.manifest["params"]["train_noises"]) == ["white", "pink", "brown", "babble", "amplitude_modulated"]
+    assert {m.noise for m in train} <= set(rec.manifest["params"]["train_noises"])
+    seeds = {m.noise_seed for m in rec.mixtures("test")}
+    assert not seeds & {m.noise_seed for m in train + rec.mixtures("val")}
+    assert [m.noise_seed for m in rec.mixtures("test")] == [m.noise_seed for m in typed.mixtures("test")]
 
 
 @pytest.mark.slow

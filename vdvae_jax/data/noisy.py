@@ -9,8 +9,10 @@ Every utterance of a split is mixed with a seeded noise of :mod:`vdvae_jax.data.
 * ``train`` / ``val``: every utterance once, SNRs cycling over ``snrs``, noise types cycling over
   ``train_noises`` (default white, pink, brown, babble of 3–8 talkers).
 
-The test split is therefore speaker-disjoint (the corpus' test speakers) **and** noise-type-disjoint
-from train/val. Everything is deterministic from ``seed`` (noise seeds are
+With ``noise_split="type"`` (default) the test split is speaker-disjoint (the corpus' test speakers)
+**and** noise-type-disjoint from train/val. ``noise_split="recording"`` follows WSJ0-QUT instead (test
+noises are other recordings of types heard in training): the test noise types are appended to
+``train_noises``, and test noise instances stay disjoint (their own seeds). Everything is deterministic from ``seed`` (noise seeds are
 ``SeedSequence([seed, split, utterance, snr])`` draws). Mixtures are written as float32 WAVs under
 ``$VDVAE_JAX_CACHE/noisy_<digest>/`` (the digest hashes the speech corpus folder and the parameters),
 with ``manifest.json`` written last; the clean references stay in the speech corpus.
@@ -94,15 +96,16 @@ def _plan(corpus: Corpus, seed: int, snrs, train_noises, test_noises) -> list[di
 
 
 def build_noisy_corpus(seed: int = 0, *, corpus: Corpus | None = None, snrs=DEFAULT_SNRS,
-                       train_noises=TRAIN_NOISES, test_noises=TEST_NOISES,
+                       train_noises=TRAIN_NOISES, test_noises=TEST_NOISES, noise_split: str = "type",
                        cache_dir: str | os.PathLike | None = None, progress: bool = True) -> "NoisyCorpus":
     """Builds (or reopens from the cache) the noisy corpus (see the module docstring).
 
     Args:
       seed: noise seed (the speech corpus is ``build_default_corpus(seed)`` unless ``corpus`` is given).
       corpus: the clean speech corpus.
-      snrs: SNRs in dB. train_noises / test_noises: disjoint noise-type names of
-        :data:`~vdvae_jax.data.noise.NOISE_TYPES`.
+      snrs: SNRs in dB. train_noises / test_noises: noise-type names of
+        :data:`~vdvae_jax.data.noise.NOISE_TYPES`, disjoint unless ``noise_split="recording"``.
+      noise_split: ``"type"`` or ``"recording"`` (see the module docstring).
       cache_dir: parent folder (default :func:`~vdvae_jax.data.corpus.default_cache_dir`).
     """
     snrs = tuple(float(s) for s in snrs)
@@ -112,11 +115,17 @@ def build_noisy_corpus(seed: int = 0, *, corpus: Corpus | None = None, snrs=DEFA
     for kind in train_noises + test_noises:
         if kind not in NOISE_TYPES:
             raise ValueError(f"unknown noise type {kind!r}; expected one of {sorted(NOISE_TYPES)}")
-    if set(train_noises) & set(test_noises):
+    if noise_split not in ("type", "recording"):
+        raise ValueError(f"noise_split must be 'type' or 'recording', got {noise_split!r}")
+    if noise_split == "recording":
+        train_noises = train_noises + tuple(k for k in test_noises if k not in train_noises)
+    elif set(train_noises) & set(test_noises):
         raise ValueError(f"train and test noise types must be disjoint: {set(train_noises) & set(test_noises)}")
     corpus = build_default_corpus(seed, progress=progress) if corpus is None else corpus
     params = dict(version=_VERSION, seed=int(seed), corpus=corpus.root.name, snrs=snrs,
                   train_noises=train_noises, test_noises=test_noises)
+    if noise_split != "type":
+        params["noise_split"] = noise_split
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"noisy_{digest}"
     if NoisyCorpus.is_complete(root):

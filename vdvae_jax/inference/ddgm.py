@@ -27,6 +27,7 @@ three configurations (spec §5.4):
   encoder and a fresh noise network, ``n_iter`` full-utterance Adam steps, then the Wiener filter;
 * **U-ND** (:func:`train_nd`): encoder + noise network trained on a noisy training set (no clean
   targets; minibatches of segments, Adam with cosine decay), then one forward pass per utterance;
+  ``NDConfig(train_encoder=False)`` trains the noise network alone;
 * **U-NDA** (:func:`make_adaptation` from the U-ND parameters): U-ND, then the U-NA loop per utterance.
 
 :func:`make_adaptation` is an :class:`~vdvae_jax.inference.base.Algorithm`; :func:`adapt_batch` runs
@@ -38,7 +39,8 @@ in :class:`~vdvae_jax.models.rvae.RVAEConfig` reproduces it); ``DDGMConfig.noise
 the noise head's bias at the log of a per-frequency low quantile of P (reference: ``"random"``), with
 ``floor_debias`` turned into a noise-variance estimate; ``DDGMConfig.speech_gain="utterance"`` adds a
 profiled per-utterance speech gain (reference: none); :func:`recentre_noise` moves a U-ND noise model to
-the utterance's noise floor before U-NDA. Without these, at -5 dB the speech variance (at the clean
+the utterance's noise floor before U-NDA; ``NDConfig.train_encoder=False`` keeps the clean-speech encoder
+in U-ND. Without these, at -5 dB the speech variance (at the clean
 training loudness) and a noise model started 10 dB below the noise swap roles (speech removed).
 """
 
@@ -106,6 +108,8 @@ class DDGMConfig:
         It absorbs the loudness mismatch between the frozen clean-speech decoder and the speech in a
         max-normalised low-SNR mixture, which otherwise makes :math:`v_s` cover the noise (role swap).
       gain_iters: see ``speech_gain``.
+      train_encoder: True (reference U-NA): Adam moves the speech encoder and the noise network; False:
+        the noise network only (the encoder keeps its starting weights).
       adam_b1, adam_b2, adam_eps: Adam hyper-parameters.
     """
 
@@ -119,6 +123,7 @@ class DDGMConfig:
     trainable: tuple[str, ...] | None = None
     speech_gain: str = "none"
     gain_iters: int = 10
+    train_encoder: bool = True
     adam_b1: float = 0.9
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
@@ -149,6 +154,9 @@ class NDConfig:
     Attributes:
       epochs, batch_size, lr, lr_final: Adam with a cosine decay from ``lr`` to ``lr_final`` over all steps.
       time_budget_s: stop after the epoch that exceeds this wall-clock budget (None: no limit).
+      train_encoder: True (reference): the speech encoder is trained with the noise network. False: only
+        the noise network is trained; the encoder keeps its clean-speech weights (without clean targets
+        nothing stops a trained encoder from choosing latents whose speech variance covers the noise).
     """
 
     epochs: int = 300
@@ -156,6 +164,7 @@ class NDConfig:
     lr: float = 5e-4
     lr_final: float = 1e-8
     time_budget_s: float | None = None
+    train_encoder: bool = True
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -329,6 +338,11 @@ def wiener_gain(speech_model, noise_model, config: DDGMConfig, trainable, data: 
     return G, v_s, v_n
 
 
+def _noise_only(grads):
+    """Zero speech-encoder gradients: Adam then leaves the encoder exactly where it is."""
+    return {**grads, "speech": jax.tree.map(jnp.zeros_like, grads["speech"])}
+
+
 def _adam(config: DDGMConfig, lr):
     return optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
 
@@ -350,6 +364,8 @@ def make_adaptation(speech_model, noise_model, config: DDGMConfig = DDGMConfig()
     def step(key, state: AdaptState, data: DDGMData):
         (loss, (recon, kl)), grads = jax.value_and_grad(
             lambda t: loss_fn(speech_model, noise_model, config, t, data, key), has_aux=True)(state.trainable)
+        if not config.train_encoder:
+            grads = _noise_only(grads)
         updates, opt_state = opt.update(grads, state.opt_state, state.trainable)
         return (AdaptState(optax.apply_updates(state.trainable, updates), opt_state, state.iteration + 1),
                 AdaptInfo(loss, recon, kl))
@@ -437,6 +453,8 @@ def train_nd(speech_model, noise_model, config: DDGMConfig, nd: NDConfig, frozen
             data = DDGMData(jnp.swapaxes(P, 0, 1), None, frozen)  # (T, B, F)
             (loss, aux), grads = jax.value_and_grad(
                 lambda tt: loss_fn(speech_model, noise_model, config, tt, data, kb), has_aux=True)(t)
+            if not nd.train_encoder:
+                grads = _noise_only(grads)
             updates, s = opt.update(grads, s, t)
             return (optax.apply_updates(t, updates), s), (loss,) + aux
 

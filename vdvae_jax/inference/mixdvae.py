@@ -660,8 +660,40 @@ def mot_vem(config, options: MOTOptions = MOTOptions(), *, params_stacked: bool 
 
 def scass_assignment(mix, v_x, mu, v_phi, floor):
     """E-W for SC-ASS: :math:`\\eta = \\mathrm{softmax}_n[-\\log v - (|x-\\mu_n|^2 + v^\\phi_n)/v]`, (S, T, [B,] F)."""
-    d = jnp.abs(mix[None] - mu) ** 2
-    return _softmax_sources(-jnp.log(v_x) - (d + v_phi) / v_x, floor)
+    return _softmax_sources(-_scass_cost(mix, v_x, mu, v_phi), floor)
+
+
+def _scass_cost(mix, v_x, mu, v_phi):
+    """:math:`c_{ftn} = \\log v_{ft} + (|x_{ft}-\\mu_{ftn}|^2 + v^\\phi_{ftn})/v_{ft}`, (S, T, [B,] F): the
+    expected negative log-likelihood of the mixture under a source up to :math:`\\log\\pi`, shared by E-W,
+    the ELBO and the printed losses."""
+    d = mix[None] - mu
+    return jax.lax.optimization_barrier(jnp.log(v_x) + (jnp.real(d) ** 2 + jnp.imag(d) ** 2 + v_phi) / v_x)
+
+
+def _scass_diagnostics(eta, cost, mu, v_phi, v_theta, q: Gaussian, p: Gaussian, dvae_losses):
+    """The printed losses of :func:`_scass_printed` and the total ELBO of :func:`scass_elbo_terms` (summed
+    over the batch) from ``cost`` = :func:`_scass_cost`, as one reduction of stacked terms (as
+    :func:`_mot_diagnostics`). Same values up to rounding (``tests/test_mixdvae_vem.py``)."""
+    S, F = eta.shape[0], eta.shape[-1]
+    bt = math.prod(mu.shape[1:-1])
+    wrong = -jnp.sum(eta, axis=0)[None] * cost          # the reference's eta broadcast (spec §7.2 #19)
+    sums = jnp.sum(jnp.stack([
+        eta * cost, eta * jnp.log(eta + 1e-10), _xlogx(eta), jnp.log(v_phi),
+        jnp.log(v_theta) + (jnp.real(mu) ** 2 + jnp.imag(mu) ** 2 + v_phi) / v_theta,
+        jnp.where(jnp.isfinite(wrong), wrong, 0.0), eta]), axis=tuple(range(1, eta.ndim + 1)))
+    kl = 0.5 * jnp.sum(p.logvar - q.logvar + (jnp.exp(q.logvar) + (q.mean - p.mean) ** 2) * jnp.exp(-p.logvar) - 1.0)
+    n_obs, n_src = eta[0].size, eta.size
+    loss_qw, loss_qs = sums[1] / (S * bt * F), -0.5 * sums[3] / (bt * S)
+    loss_qwqs, loss_dvae = sums[5] / (S * F), jnp.mean(dvae_losses)
+    printed = (loss_qwqs + loss_dvae + loss_qw + loss_qs, loss_dvae, loss_qwqs, loss_qw, loss_qs)
+    elbo = (-math.log(math.pi) * sums[6] - sums[0]          # E log p(x | w, s)
+            - math.log(S) * n_obs                           # E log p(w)
+            - sums[2]                                       # H[q(w)]
+            + math.log(math.pi * math.e) * n_src + sums[3]  # H[q(s)]
+            - math.log(math.pi) * n_src - sums[4]           # E log p(s | z)
+            - kl)
+    return printed, elbo
 
 
 def _scass_printed(eta, mix, v_x, mu, v_phi, dvae_losses):
@@ -776,14 +808,14 @@ def scass_vem(config, options: SCASSOptions = SCASSOptions(), *, params_stacked:
         v_x = vx(data.mix)
         if o.order == "es_first":
             upd, params, opt_state = es(key, state, state.eta, data)
-            eta = scass_assignment(data.mix, v_x, upd.mu, upd.v_phi, o.beta_floor)
+            cost = _scass_cost(data.mix, v_x, upd.mu, upd.v_phi)
+            eta = _softmax_sources(-cost, o.beta_floor)
         else:
             eta = scass_assignment(data.mix, v_x, state.mu, state.v_phi, o.beta_floor)
             eta = jnp.where(state.iteration > 0, eta, state.eta)   # no posterior yet at i = 0
             upd, params, opt_state = es(key, state, eta, data)
-        printed = _scass_printed(eta, data.mix, v_x, upd.mu, upd.v_phi, upd.loss)
-        terms = scass_elbo_terms(eta, data.mix, v_x, upd.mu, upd.v_phi, upd.v_theta_s, upd.q, upd.p)
-        elbo = jnp.sum(terms["elbo"])
+            cost = _scass_cost(data.mix, v_x, upd.mu, upd.v_phi)
+        printed, elbo = _scass_diagnostics(eta, cost, upd.mu, upd.v_phi, upd.v_theta_s, upd.q, upd.p, upd.loss)
         conv = _converged(elbo, state.elbo, state.iteration, o.tol)
         new = SCASSState(upd.s_power, eta, upd.mu, upd.v_phi, params, opt_state, elbo, state.done | conv,
                          state.iteration + 1)
