@@ -31,6 +31,10 @@ def test_cli_enhances_with_published_rvae_and_reports_bad_files(tmp_path, shared
     sf.write(tmp_path / "clean/a.wav", speech.astype(np.float32), 16000, subtype="FLOAT")
     sf.write(tmp_path / "noisy/bad_rate.wav", noisy[:8000].astype(np.float32), 8000, subtype="FLOAT")
     prior = shared_dir / "reference/checkpoints/dvae_se/vb_rvae"
+    lv = _run(["enhance", "--prior", str(prior), "--noisy", "noisy", "--out", "enh_lv", "--method", "lv",
+               "--niter", "2", "--quiet"], tmp_path)
+    assert lv.returncode == 1 and "enhanced 1 of 2 files" in lv.stdout, lv.stderr[-3000:]
+    assert np.isfinite(sf.read(tmp_path / "enh_lv/a.wav")[0]).all()
     out = _run(["enhance", "--prior", str(prior), "--noisy", "noisy", "--out", "enh", "--niter", "3",
                 "--quiet"], tmp_path)
     assert out.returncode == 1, out.stderr[-3000:]  # one bad file
@@ -64,12 +68,35 @@ def test_enhance_api_errors():
 
     model = models.build("vae", dense_x_z=(8,))
     prior = (model, model.init(jax.random.key(0), jnp.ones((2, 513))))
-    with pytest.raises(NotImplementedError, match="lv/no/nolv"):
-        enhance(np.ones(4000), 16000, prior, method="lv")
+    with pytest.raises(ValueError, match="unknown method 'ddgm'"):
+        enhance(np.ones(4000), 16000, prior, method="ddgm")
+    with pytest.raises(TypeError, match="takes a DDGMConfig"):
+        enhance(np.ones(4000), 16000, prior, method="lv", config="vb")
     with pytest.raises(AudioError, match="sample rate"):
         enhance(np.ones(4000), 8000, prior)
     with pytest.raises(AudioError, match="NaN"):
         enhance(np.full(4000, np.nan), 16000, prior)
+
+
+@pytest.mark.parametrize("kind", ["lv", "no", "nolv"])
+def test_enhance_with_deep_noise_models(kind):
+    """method lv/no/nolv (U-NA): finite output, and speech + noise estimates add up to the input."""
+    import jax
+    import jax.numpy as jnp
+
+    from vdvae_jax import models
+    from vdvae_jax.enhance import enhance
+    from vdvae_jax.inference.ddgm import DDGMConfig
+
+    model = models.build("rvae_causal", z_dim=4, dim_rnn_g_x=8, dim_rnn_g_z=8, dim_rnn_h=8, input_transform="log")
+    prior = (model, model.init(jax.random.key(0), jnp.ones((3, 513))))
+    rng = np.random.default_rng(1)
+    x = (np.sin(np.arange(6000) * 0.05) + 0.3 * rng.standard_normal(6000)).astype(np.float32)
+    cfg = DDGMConfig(n_iter=3, noise_init="floor", floor_debias=True, speech_gain="utterance")
+    speech, noise = enhance(x, 16000, prior, method=kind, config=cfg, bucket=16, return_noise=True)
+    assert speech.shape == x.shape and np.isfinite(speech).all()
+    np.testing.assert_allclose(speech + noise, x, atol=1e-4)
+    assert np.sum(speech**2) < np.sum(x**2)
 
 
 # ---------------------------------------------------------------------------------- bad input

@@ -43,15 +43,18 @@ def _fail(msg: str) -> int:
 
 # ------------------------------------------------------------------------------------- enhance
 def _add_enhance(e: argparse.ArgumentParser) -> None:
-    from vdvae_jax.enhance import PRESETS
+    from vdvae_jax.enhance import METHODS, PRESETS
 
     e.add_argument("--prior", required=True, help="published DVAE_SE folder/.pt or a model.npz")
     e.add_argument("--noisy", required=True, help="folder of noisy 16 kHz WAVs")
     e.add_argument("--out", required=True, help="output folder")
-    e.add_argument("--method", default="nmf", help="noise model (nmf)")
-    e.add_argument("--config", default="default", choices=sorted(PRESETS),
-                   help="default: do-no-harm settings; vb/wsj/enhance-defaults: the reference SE-VEM")
-    e.add_argument("--niter", type=int, default=None, help="override the number of VEM iterations")
+    e.add_argument("--method", default="nmf", choices=METHODS,
+                   help="noise model: nmf (SE-VEM), or a deep noise model lv/no/nolv fitted per file (U-NA)")
+    e.add_argument("--config", default=None, choices=sorted(PRESETS),
+                   help="--method nmf only. default: do-no-harm settings; vb/wsj/enhance-defaults: the "
+                        "reference SE-VEM")
+    e.add_argument("--niter", type=int, default=None,
+                   help="override the number of VEM iterations (nmf) or Adam steps (lv/no/nolv)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--quiet", action="store_true")
 
@@ -62,9 +65,12 @@ def _enhance(args) -> int:
 
     from vdvae_jax.data.audio import load_wav, save_wav
     from vdvae_jax.data.datasets import wav_folder
-    from vdvae_jax.enhance import PRESETS, EnhanceConfig, enhance, load_prior
+    from vdvae_jax.enhance import DDGM_DEFAULT, PRESETS, EnhanceConfig, enhance, load_prior
 
-    config = PRESETS[args.config]
+    if args.method != "nmf" and args.config is not None:
+        return _fail(f"--config {args.config} is for --method nmf; {args.method} uses DDGM_DEFAULT "
+                     "(change its steps with --niter)")
+    config = DDGM_DEFAULT if args.method != "nmf" else PRESETS[args.config or "default"]
     if args.niter is not None:
         if isinstance(config, EnhanceConfig):
             config = dataclasses.replace(config, vem=dataclasses.replace(config.vem, n_iter=args.niter))

@@ -21,9 +21,14 @@ enhanced waveform at the input's scale.
 ``prior`` is a ``(model, params)`` pair or a path: a published DVAE_SE folder (``config.ini`` + ``.pt``),
 a ``.pt`` file beside its ``config.ini``, or a ``model.npz`` written by ``experiments/train_dvae.py``.
 Every path is checked parameter by parameter against the architecture of its config
-(:class:`PriorError` names the first mismatching parameter and both shapes). Only the NMF noise model
-is available here; the deep noise models (``lv``, ``no``, ``nolv``) live in
-:mod:`vdvae_jax.inference.ddgm`.
+(:class:`PriorError` names the first mismatching parameter and both shapes).
+
+``method`` picks the noise model: ``"nmf"`` (the above) or a deep dynamical noise model ``"lv"``,
+``"no"``, ``"nolv"`` (:mod:`vdvae_jax.inference.ddgm`), run noise-agnostic (U-NA): a fresh noise
+network and the prior's encoder are fitted to the utterance alone (``n_iter`` Adam steps, decoder
+frozen), then the Wiener filter :math:`G = g v_s / (g v_s + v_n)`; its ``config`` is a
+:class:`~vdvae_jax.inference.ddgm.DDGMConfig` (default :data:`DDGM_DEFAULT`). U-ND / U-NDA need a noise
+model trained on a noisy set: ``experiments/enhance.py``.
 """
 
 from __future__ import annotations
@@ -39,15 +44,19 @@ import numpy as np
 from vdvae_jax.data.audio import AudioError, validate_waveform
 from vdvae_jax.data.stft import StftConfig, istft_librosa, stft_librosa
 from vdvae_jax.evaluation import bucket_length
-from vdvae_jax.inference import nmf
+from vdvae_jax.inference import ddgm, nmf
 from vdvae_jax.inference.base import run
 from vdvae_jax.inference.se_vem import (ENHANCE_DEFAULTS, VB_SETTINGS, WSJ_SETTINGS, SEVEMConfig,
                                         SEVEMData, make_se_vem, wiener_filter)
 
-__all__ = ["METHODS", "PRESETS", "DEFAULT", "SMOOTH", "EnhanceConfig", "PriorError", "load_prior",
-           "check_prior", "smoothing_matrix", "tonal_speech_correlation", "enhance"]
+__all__ = ["METHODS", "PRESETS", "DEFAULT", "SMOOTH", "DDGM_DEFAULT", "EnhanceConfig", "PriorError",
+           "load_prior", "check_prior", "smoothing_matrix", "tonal_speech_correlation", "enhance"]
 
-METHODS = ("nmf",)
+METHODS = ("nmf", "lv", "no", "nolv")
+#: U-NA settings of the README's DDGM table (``experiments/enhance.py --na-iter 100``): Adam 5e-4 (the
+#: reference's), 100 steps, the noise head started at the debiased 10 % noise floor, a profiled speech gain.
+DDGM_DEFAULT = ddgm.DDGMConfig(n_iter=100, lr=5e-4, noise_init="floor", floor_debias=True,
+                               speech_gain="utterance")
 STFT = StftConfig(pad_mode="constant")
 
 
@@ -383,6 +392,27 @@ def _default_runner(model, config: EnhanceConfig):
     return go
 
 
+@functools.lru_cache(maxsize=16)
+def _ddgm_runner(model, kind: str, config: ddgm.DDGMConfig):
+    """Jitted U-NA ``(params, X (N,F) complex, mask (N,), key) -> (S_hat, B_hat)``; one trace per length."""
+    from vdvae_jax.models.noise_models import NoiseModelConfig, make_noise_model
+
+    nm = make_noise_model(NoiseModelConfig(kind=kind, x_dim=model.config.x_dim, z_dim=model.config.z_dim))
+
+    @jax.jit
+    def go(params, X, mask, key):
+        _, frozen = ddgm.split_speech_params(model, params, config)
+        P = jnp.real(X) ** 2 + jnp.imag(X) ** 2
+        k_init, k_run = jax.random.split(key)
+        start = ddgm.fresh_trainable(model, nm, params, k_init, config, P, mask)
+        G, _ = ddgm.adapt_batch(model, nm, config, frozen, start, P[:, None], mask[:, None], k_run,
+                                shared_start=True)
+        G = G[:, 0]
+        return G * X, (mask[:, None] - G) * X
+
+    return go
+
+
 def _canonical(config: EnhanceConfig) -> EnhanceConfig:
     """``config`` with the fields the jitted runner ignores at their defaults (fewer compilations):
     the fall-back threshold (applied by :func:`enhance`), the tonal width when J = 0."""
@@ -393,7 +423,7 @@ def _canonical(config: EnhanceConfig) -> EnhanceConfig:
 
 
 def enhance(noisy: np.ndarray, sr: int, prior, *, method: str = "nmf",
-            config: EnhanceConfig | SEVEMConfig | str = DEFAULT, key=None, bucket: int = 64,
+            config: EnhanceConfig | SEVEMConfig | ddgm.DDGMConfig | str | None = None, key=None, bucket: int = 64,
             return_noise: bool = False, name: str = "noisy waveform"):
     """Enhance one noisy waveform.
 
@@ -401,8 +431,10 @@ def enhance(noisy: np.ndarray, sr: int, prior, *, method: str = "nmf",
       noisy: 1-D float waveform.
       sr: its sample rate (must be 16 kHz, the priors' rate).
       prior: ``(model, params)`` or a path (see :func:`load_prior`).
-      method: noise model; only ``"nmf"`` here.
-      config: :data:`DEFAULT` (an :class:`EnhanceConfig`: noise spectra smoothed over 33 bins and
+      method: noise model, one of :data:`METHODS`: ``"nmf"``, or a deep noise model ``"lv"``, ``"no"``,
+        ``"nolv"`` fitted to the utterance (U-NA, see the module docstring; ``config`` a
+        :class:`~vdvae_jax.inference.ddgm.DDGMConfig`, default :data:`DDGM_DEFAULT`).
+      config: for ``"nmf"``: :data:`DEFAULT` (an :class:`EnhanceConfig`: noise spectra smoothed over 33 bins and
         activations over 31 frames (0.5 s), plus 3 tonal components (free spectra, activations
         smoothed over 91 frames = 1.5 s) unless one of them follows the voice (log-power
         correlation with the speech estimate > 0.5: the file is then re-run without them, i.e. with
@@ -432,15 +464,22 @@ def enhance(noisy: np.ndarray, sr: int, prior, *, method: str = "nmf",
       PriorError / FileNotFoundError: see :func:`load_prior`.
     """
     if method not in METHODS:
-        raise NotImplementedError(f"method {method!r} is not available here; implemented: {METHODS} "
-                                  "(the deep noise models lv/no/nolv: vdvae_jax.inference.ddgm)")
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if method != "nmf":
+        config = DDGM_DEFAULT if config is None else config
+        if not isinstance(config, ddgm.DDGMConfig):
+            raise TypeError(f"method {method!r} takes a DDGMConfig, got {type(config).__name__} "
+                            "(presets and EnhanceConfig / SEVEMConfig are for method 'nmf')")
+    config = DEFAULT if config is None else config
     if isinstance(config, str):
         if config not in PRESETS:
             raise ValueError(f"unknown config {config!r}; presets: {sorted(PRESETS)}")
         config = PRESETS[config]
-    if not isinstance(config, (EnhanceConfig, SEVEMConfig)):
+    if not isinstance(config, (EnhanceConfig, SEVEMConfig, ddgm.DDGMConfig)):
         raise TypeError(f"config must be an EnhanceConfig, an SEVEMConfig or a preset name, "
                         f"got {type(config).__name__}")
+    if method == "nmf" and isinstance(config, ddgm.DDGMConfig):
+        raise TypeError("a DDGMConfig goes with method 'lv', 'no' or 'nolv', not 'nmf'")
     x, peak, X = analyse(noisy, sr, name)  # X: (N, F)
     model, params = load_prior(prior)
     check_bins(model)
@@ -451,7 +490,9 @@ def enhance(noisy: np.ndarray, sr: int, prior, *, method: str = "nmf",
     mask = np.arange(n_pad) < n
     key = jax.random.key(0) if key is None else key
     X_pad, mask = jnp.asarray(X_pad), jnp.asarray(mask)
-    if isinstance(config, SEVEMConfig):
+    if isinstance(config, ddgm.DDGMConfig):
+        speech, noise = _ddgm_runner(model, method, config)(params, X_pad, mask, key)
+    elif isinstance(config, SEVEMConfig):
         config = dataclasses.replace(config, record=False)
         speech, noise, _ = _runner(model, config)(params, X_pad, mask, key)
     else:  # the threshold is applied here, not in the jitted runner (one compilation for all)
