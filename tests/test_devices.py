@@ -41,6 +41,15 @@ CODE = textwrap.dedent("""
     with pytest.raises(ValueError, match="local device"):
         mv.solve(alg, key, data, 3, devices=3)
 
+    # SC-ASS separation API: mixtures (M, T, F) split over the devices, ELBO summed over the groups
+    from vdvae_jax.separation.vem import mixdvae_separate
+    mix = jnp.swapaxes(jnp.asarray(t._mix(B=4)), 0, 1)
+    mu, elbo = mixdvae_separate(t.SC, [t._sc_params(0), t._sc_params(1)], mix, key, n_iter=3, devices=2)
+    _, infos = mv.solve(mv.scass_vem(t.SC, mv.SCASSOptions(), record=False), key, mv.scass_data(
+        mv.stack_params([t._sc_params(0), t._sc_params(1)]), jnp.swapaxes(mix, 0, 1)), 3, devices=2)
+    assert mu.shape == (4, 2) + mix.shape[1:] and elbo.shape == (3,)
+    np.testing.assert_allclose(np.asarray(elbo), np.asarray(infos.elbo).sum(0), rtol=1e-5)
+
     # SE-VEM: per-utterance keys, so the split result is the one-device result
     model, params = tb._small("vae")
     X, mask = tb._batch([9, 16, 5, 12], 16)

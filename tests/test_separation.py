@@ -123,7 +123,8 @@ def test_ibm_oracle_on_separable_toy():
 def test_experiment_smoke(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, str(REPO / "experiments" / "mixdvae_scass.py"), "--smoke",
-                           "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+                           "--devices", "2", "--out", str(tmp_path)], capture_output=True, text=True, env=env,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
 

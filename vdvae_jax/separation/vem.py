@@ -16,13 +16,18 @@ __all__ = ["mixdvae_separate"]
 
 
 def mixdvae_separate(config, params_list, mix, key, *, n_iter: int = 70,
-                     options: SCASSOptions = SCASSOptions()):
+                     options: SCASSOptions = SCASSOptions(), devices=None):
     """Complex source estimates (M, S, T, F) and the per-iteration ELBO (n_iter,) for mixtures
-    ``mix`` (M, T, F) complex; ``params_list`` = one SRNN parameter tree per source (same ``config``)."""
+    ``mix`` (M, T, F) complex; ``params_list`` = one SRNN parameter tree per source (same ``config``).
+
+    ``devices``: split the M mixtures over this many devices (or this list), see
+    :func:`~vdvae_jax.inference.mixdvae.solve`; M must divide evenly. The ELBO is then summed over the
+    groups (group i runs with keys ``fold_in(key, i)``, so estimates differ from one device by the draws)."""
     mix = jnp.asarray(mix)
     if mix.ndim != 3 or not jnp.iscomplexobj(mix):
         raise ValueError(f"mix must be complex (M, T, F), got {mix.dtype} {mix.shape}")
     alg = scass_vem(config, options, record=False)
     data = scass_data(stack_params(list(params_list)), jnp.swapaxes(mix, 0, 1))
-    state, infos = solve(alg, key, data, n_iter)
-    return jnp.transpose(state.mu, (2, 0, 1, 3)), infos.elbo
+    state, infos = solve(alg, key, data, n_iter, devices=devices)
+    elbo = infos.elbo if devices is None else jnp.sum(infos.elbo, axis=0)
+    return jnp.transpose(state.mu, (2, 0, 1, 3)), elbo
