@@ -191,6 +191,8 @@ def main(argv=None):
                     help="shift the U-ND noise head bias to the utterance's noise floor before U-NDA "
                          "(ddgm.recentre_noise; 'off' = the first measurement)")
     ap.add_argument("--beta", type=float, default=1.0, help="KL weight of the DDGM loss")
+    ap.add_argument("--wf-mode", default="sample", choices=["sample", "mean"],
+                    help="DDGM Wiener filter from one posterior sample (reference) or the posterior mean")
     ap.add_argument("--nd-epochs", type=int, default=40)
     ap.add_argument("--nda-encoder", default="pretrained", choices=["pretrained", "nd"],
                     help="U-NDA speech-encoder start: the clean-speech 'pretrained' one (the U-ND encoder, "
@@ -280,7 +282,7 @@ def main(argv=None):
     # ---- DDGM: LV / NO / NOLV x U-NA / U-ND / U-NDA.
     cfg = ddgm.DDGMConfig(n_iter=args.na_iter, lr=args.na_lr, beta=args.beta, noise_init=args.noise_init,
                           floor_quantile=args.floor_quantile, floor_debias=args.floor_debias == "on",
-                          speech_gain=args.speech_gain)
+                          speech_gain=args.speech_gain, wf_mode=args.wf_mode)
     nda_cfg = dataclasses.replace(cfg, lr=args.nda_lr or args.na_lr, train_encoder=args.nda_train == "all",
                                   n_iter=args.na_iter if args.nda_iter is None else args.nda_iter)
     enc, frozen = ddgm.split_speech_params(model, params, cfg)

@@ -12,8 +12,8 @@ Every utterance of a split is mixed with a seeded noise of :mod:`vdvae_jax.data.
 With ``noise_split="type"`` (default) the test split is speaker-disjoint (the corpus' test speakers)
 **and** noise-type-disjoint from train/val. ``noise_split="recording"`` follows WSJ0-QUT instead (test
 noises are other recordings of types heard in training): the test noise types are appended to
-``train_noises``, and test noise instances stay disjoint (their own seeds). Everything is deterministic from ``seed`` (noise seeds are
-``SeedSequence([seed, split, utterance, snr])`` draws). Mixtures are written as float32 WAVs under
+``train_noises``, and test noise instances stay disjoint (their own seeds). Everything is
+deterministic from ``seed`` (noise seeds are ``SeedSequence([seed, split, utterance, snr])`` draws). Mixtures are written as float32 WAVs under
 ``$VDVAE_JAX_CACHE/noisy_<digest>/`` (the digest hashes the speech corpus folder and the parameters),
 with ``manifest.json`` written last; the clean references stay in the speech corpus.
 """

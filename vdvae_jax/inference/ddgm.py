@@ -40,8 +40,8 @@ the noise head's bias at the log of a per-frequency low quantile of P (reference
 ``floor_debias`` turned into a noise-variance estimate; ``DDGMConfig.speech_gain="utterance"`` adds a
 profiled per-utterance speech gain (reference: none); :func:`recentre_noise` moves a U-ND noise model to
 the utterance's noise floor before U-NDA; ``NDConfig.train_encoder=False`` keeps the clean-speech encoder
-in U-ND. Without these, at -5 dB the speech variance (at the clean
-training loudness) and a noise model started 10 dB below the noise swap roles (speech removed).
+in U-ND. Without these, at -5 dB the speech variance (at the clean training loudness) and a noise model
+started 10 dB below the noise swap roles (speech removed).
 """
 
 from __future__ import annotations
