@@ -81,6 +81,14 @@ def test_bench_sources_smoke(tmp_path, devices):
             assert np.isfinite(r["per_iter_wall_s"])
 
 
+def test_bench_scan_layout_smoke(tmp_path):
+    """The layout probe runs, its three layouts agree numerically (checked inside), and it reports timings."""
+    run([str(REPO / "benchmarks/bench_scan_layout.py"), "--smoke", "--out", str(tmp_path / "l.jsonl")], tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "l.jsonl").read_text().splitlines()]
+    assert [r["layout"] for r in records[1:]] == ["vmap", "time_major", "time_major+copies"]
+    assert all(r["wall_s"] > 0 and r["gflops"] > 0 for r in records[1:])
+
+
 def test_mixdvae_mot_smoke(tmp_path):
     run([str(REPO / "experiments/mixdvae_mot.py"), "--smoke", "--out", str(tmp_path / "mot")], tmp_path)
     assert (tmp_path / "mot" / "results.json").is_file()
