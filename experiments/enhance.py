@@ -134,14 +134,20 @@ def summarise(rows, items, snrs):
     return out
 
 
+def below_input(results, name) -> int:
+    """Mixtures whose SI-SDR after ``name`` is below the noisy input's."""
+    return sum(r["si_sdr"] < n["si_sdr"] for r, n in zip(results[name]["per_utt"], results["noisy"]["per_utt"]))
+
+
 def markdown(results, snrs) -> str:
     head = "| method | " + " | ".join(f"SI-SDR {s:g} dB" for s in snrs) + \
-        " | SI-SDR mean | PESQ-WB mean | ESTOI mean | iterations | RTF |"
-    lines = [head, "|" + "---|" * (len(snrs) + 6)]
+        " | SI-SDR mean | below input | PESQ-WB mean | ESTOI mean | iterations | RTF |"
+    lines = [head, "|" + "---|" * (len(snrs) + 7)]
     for name, r in results.items():
         s = r["summary"]
         cells = [f"{s[f'{x:g}']['si_sdr']:.2f}" for x in snrs]
-        cells += [f"{s['mean']['si_sdr']:.2f}", f"{s['mean']['pesq_wb']:.2f}", f"{s['mean']['estoi']:.3f}",
+        cells += [f"{s['mean']['si_sdr']:.2f}", f"{below_input(results, name)}/{len(r['per_utt'])}",
+                  f"{s['mean']['pesq_wb']:.2f}", f"{s['mean']['estoi']:.3f}",
                   str(r["iterations"]), "–" if r["rtf"] is None else f"{r['rtf']:.3f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -95,7 +95,11 @@ def test_enhance_experiment_smoke(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
-    assert {"noisy", "NMF-VEM", "NOLV U-NA", "NOLV U-ND", "NOLV U-NDA"} <= set(res["results"])
+    assert {"noisy", "NMF-VEM", "NMF-VEM, enhance default", "NOLV U-NA", "NOLV U-ND", "NOLV U-NDA"} <= set(res["results"])
     for r in res["results"].values():
         assert np.isfinite(r["summary"]["mean"]["si_sdr"])
     assert (out / "results.md").is_file() and (out / "spectrograms.png").is_file()
+    # "below input" column: mixtures whose SI-SDR fell below the noisy input's (0 for the noisy row)
+    assert "| below input |" in res["table"] and "| noisy |" in res["table"]
+    noisy_row = next(line for line in res["table"].splitlines() if line.startswith("| noisy |"))
+    assert f"| 0/{len(res['mixtures'])} |" in noisy_row
