@@ -49,6 +49,7 @@ CODE = textwrap.dedent("""
         mv.stack_params([t._sc_params(0), t._sc_params(1)]), jnp.swapaxes(mix, 0, 1)), 3, devices=2)
     assert mu.shape == (4, 2) + mix.shape[1:] and elbo.shape == (3,)
     np.testing.assert_allclose(np.asarray(elbo), np.asarray(infos.elbo).sum(0), rtol=1e-5)
+    assert mixdvae_separate(t.SC, [t._sc_params(0), t._sc_params(1)], mix, key, n_iter=3, devices=1)[1].shape == (3,)
 
     # SE-VEM: per-utterance keys, so the split result is the one-device result
     model, params = tb._small("vae")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from vdvae_jax.inference.base import resolve_devices
 from vdvae_jax.inference.mixdvae import SCASSOptions, scass_data, scass_vem, solve, stack_params
 
 __all__ = ["mixdvae_separate"]
@@ -29,5 +30,6 @@ def mixdvae_separate(config, params_list, mix, key, *, n_iter: int = 70,
     alg = scass_vem(config, options, record=False)
     data = scass_data(stack_params(list(params_list)), jnp.swapaxes(mix, 0, 1))
     state, infos = solve(alg, key, data, n_iter, devices=devices)
-    elbo = infos.elbo if devices is None else jnp.sum(infos.elbo, axis=0)
+    split = len(resolve_devices(devices)) > 1   # as solve decides: only then a leading device axis
+    elbo = jnp.sum(infos.elbo, axis=0) if split else infos.elbo
     return jnp.transpose(state.mu, (2, 0, 1, 3)), elbo
