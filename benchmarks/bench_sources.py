@@ -174,13 +174,13 @@ def bench_scass(args, out, config):
     rng = np.random.default_rng(0)
     params = mv.stack_params([make_srnn_scass(config).init(jax.random.key(s), jnp.zeros((3, config.x_dim)))
                               for s in range(2)])
-    alg = mv.scass_vem(config, mv.SCASSOptions.reference(), record=False)
+    alg = mv.scass_vem(config, mv.SCASSOptions.reference(), record=False, source_map=args.scass_source_map)
     for T in args.scass_lengths:
         shape = (T, args.scass_batch, config.x_dim)
         mix = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
         data = mv.scass_data(params, mix)
         rec = {"bench": "scass_iter", "T": T, "batch": args.scass_batch, "sources": 2, "F": config.x_dim,
-               "devices": args.devices}
+               "devices": args.devices, "source_map": args.scass_source_map}
         if args.devices == 1:   # one step, timed alone
             state = jax.jit(alg.init)(jax.random.key(0), data)
             c, wall, cpu, _ = _time(alg.step, jax.random.key(1), state, data, repeat=args.repeat)
@@ -213,6 +213,8 @@ def main(argv=None):
     ap.add_argument("--devices", type=int, default=1,
                     help="mot / scass: split the windows / mixtures over this many devices (CPU: one per core, "
                          "made with jax_num_cpu_devices) running at once (mixdvae.solve(devices=...))")
+    ap.add_argument("--scass-source-map", default="vmap", choices=mv.SOURCE_MAPS,
+                    help="scass: how the per-source update is mapped over the sources")
     ap.add_argument("--scass-iters", type=int, default=4, help="scass with --devices > 1: iterations timed")
     ap.add_argument("--out", default=None, help="append the JSON lines to this file")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (< 30 s)")

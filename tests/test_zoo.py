@@ -355,3 +355,30 @@ def test_existing_sequential_encoders_loop_oracle(zoo, name):
     z, q = model.encode(params, x, noise)
     for a, b in zip((z, q.mean, q.logvar), (zs, ms, lvs)):
         np.testing.assert_allclose(np.asarray(a), np.stack(b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "normal"])
+def test_noise_pair_has_the_law_of_jax_random_and_independent_halves(kind):
+    from vdvae_jax.models.base import noise_pair
+    shape = (200, 500)
+    a, b = jax.jit(lambda k: noise_pair(k, ("re", "im"), shape, kind))(jax.random.key(3))
+    ref = np.asarray(jax.random.uniform(jax.random.key(4), shape) if kind == "uniform"
+                     else jax.random.normal(jax.random.key(4), shape))
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape == shape and a.dtype == b.dtype == np.float32
+    n = a.size
+    for x in (a, b):   # moments within 5 standard errors of jax.random's law
+        assert abs(x.mean() - ref.mean()) < 5 * ref.std() / np.sqrt(n)
+        assert abs(x.var() - ref.var()) < 5 * ref.var() * np.sqrt(2.0 / n) * (1 if kind == "normal" else 0.6)
+        if kind == "uniform":
+            assert x.min() >= 0.0 and x.max() < 1.0
+        assert np.allclose(np.quantile(x, [0.1, 0.5, 0.9]), np.quantile(ref, [0.1, 0.5, 0.9]), atol=0.02)
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 5 / np.sqrt(n)
+    assert not np.array_equal(a, b)
+    # a dict passes through (shape-checked); another key implementation falls back to jax.random
+    given = {"re": jnp.ones(shape), "im": jnp.zeros(shape)}
+    assert [float(x.mean()) for x in noise_pair(given, ("re", "im"), shape, kind)] == [1.0, 0.0]
+    with pytest.raises(ValueError, match="shape"):
+        noise_pair(given, ("re", "im"), (3,), kind)
+    a2, b2 = noise_pair(jax.random.key(3, impl="rbg"), ("re", "im"), shape, kind)
+    assert a2.shape == shape and not np.array_equal(np.asarray(a2), np.asarray(b2))

@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from vdvae_jax.distributions import Gaussian, kl_gaussian, observation_nll
-from vdvae_jax.models.base import drawn_steps, network_input
+from vdvae_jax.models.base import drawn_steps, network_input, noise_pair
 from vdvae_jax.models.srnn_mixdvae import decoder_from_h, encoder_for, prior_from_h
 from vdvae_jax.nn.layers import concat_matmul, lstm_project, lstm_step, mlp, mlp_parts, unrolled_matmul, zero_carry
 
@@ -261,11 +261,12 @@ def scass_vem_initialization(params, config, mix_power, noise) -> jax.Array:
     return jnp.exp(decoder_from_h(params, config, z, h).logvar)
 
 
-def _complex_noise(noise, name, length, shape, kind):
-    """(length, *shape) noise for one complex component, drawn before the scan (``kind`` picks the law)."""
+def _complex_noise(noise, length, shape, kind):
+    """``(u_re, u_im)``, each (length, *shape), drawn before the scan in one Threefry pass
+    (:func:`~vdvae_jax.models.base.noise_pair`; ``kind`` picks the law) or taken from the dict."""
     if kind not in COMPLEX_NOISE:
         raise ValueError(f"complex_noise must be one of {COMPLEX_NOISE}, got {kind!r}")
-    return drawn_steps(noise, name, length, shape, "uniform" if kind == "uniform" else "normal")
+    return noise_pair(noise, ("u_re", "u_im"), (length,) + shape, "uniform" if kind == "uniform" else "normal")
 
 
 def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
@@ -289,8 +290,7 @@ def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
     z, q, _ = encoder_for(c)(params, s_power, noise)
     length = s_power.shape[0]
     shape = s_power.shape[1:]
-    u_re = _complex_noise(noise, "u_re", length, shape, complex_noise)
-    u_im = _complex_noise(noise, "u_im", length, shape, complex_noise)
+    u_re, u_im = _complex_noise(noise, length, shape, complex_noise)
     eta = jnp.broadcast_to(eta, s_power.shape)
     x0 = s_power[0] if first_input is None else first_input
 

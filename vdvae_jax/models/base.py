@@ -33,6 +33,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.extend.random import threefry_2x32
 
 from vdvae_jax.distributions import KL_MODES, Gaussian, kl_gaussian, observation_nll
 from vdvae_jax.nn.layers import ACTIVATIONS
@@ -47,6 +48,7 @@ __all__ = [
     "step_noise",
     "draw_step",
     "drawn_steps",
+    "noise_pair",
     "loss_from_outputs",
     "network_input",
     "batch_loss",
@@ -212,6 +214,41 @@ def drawn_steps(noise, name: str, length: int, shape: tuple, kind: str = "normal
         return steps
     draw = jax.random.normal if kind == "normal" else jax.random.uniform
     return jax.vmap(lambda k: draw(k, shape))(steps)
+
+
+def _floats_from_bits(bits: jax.Array, kind: str) -> jax.Array:
+    """uint32 bits -> float32 U[0, 1) (``"uniform"``) or N(0, 1) (``"normal"``), by the construction of
+    ``jax.random.uniform`` / ``jax.random.normal``: the top 23 bits become the mantissa of a float in
+    [1, 2); a normal is :math:`\\sqrt 2\\, \\mathrm{erf}^{-1}(u)`, u uniform on (-1, 1)."""
+    one = jnp.asarray(1.0, jnp.float32)
+    u = jax.lax.bitcast_convert_type((bits >> 9) | jax.lax.bitcast_convert_type(one, jnp.uint32),
+                                     jnp.float32) - one
+    if kind == "uniform":
+        return u
+    lo = jnp.nextafter(jnp.asarray(-1.0, jnp.float32), one)
+    return jnp.sqrt(2.0).astype(jnp.float32) * jax.lax.erf_inv(jnp.maximum(lo, u * (one - lo) + lo))
+
+
+def noise_pair(noise, names: tuple[str, str], shape: tuple, kind: str = "normal"):
+    """Two independent noise arrays of ``shape`` (e.g. the real and imaginary parts of a complex draw):
+    from the dict entries ``names``, or from the key in **one** Threefry pass.
+
+    Each Threefry-2x32 hash gives two 32-bit words; ``jax.random`` (with ``jax_threefry_partitionable``,
+    the default) keeps one word per hash, so two arrays from this function cost half the hashes of two
+    ``jax.random`` calls (float32 only; another key implementation falls back to two ``jax.random`` draws).
+    The values are distributed as ``jax.random.uniform`` / ``normal`` but are not the same numbers.
+    """
+    if not is_key(noise):
+        return tuple(noise_array(noise, n, shape, kind) for n in names)
+    key = _subkey(noise, "+".join(names))
+    if str(jax.random.key_impl(key)) != "threefry2x32":
+        return tuple(noise_array(key, n, shape, kind) for n in names)
+    n = math.prod(shape)
+    if 2 * n >= 2**32:
+        raise ValueError(f"noise_pair draws at most 2**31 values per array, asked for {n}")
+    bits = threefry_2x32(jax.random.key_data(key), jnp.arange(2 * n, dtype=jnp.uint32))
+    floats = _floats_from_bits(bits, kind)
+    return floats[:n].reshape(shape), floats[n:].reshape(shape)
 
 
 def draw_step(xs_t, shape: tuple, kind: str = "normal") -> jax.Array:
