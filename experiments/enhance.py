@@ -203,6 +203,11 @@ def main(argv=None):
     ap.add_argument("--beta", type=float, default=1.0, help="KL weight of the DDGM loss")
     ap.add_argument("--wf-mode", default="sample", choices=["sample", "mean"],
                     help="DDGM Wiener filter from one posterior sample (reference) or the posterior mean")
+    ap.add_argument("--noise-smooth", type=int, nargs=2, default=(1, 1), metavar=("FRAMES", "BINS"),
+                    help="DDGM: moving averages of the noise variance over frames and bins (odd; 1 1 = off, "
+                         "the reference; the default NMF enhancer uses 31 33)")
+    ap.add_argument("--ddgm-gain-floor", type=float, default=0.0,
+                    help="DDGM: Wiener gain floor beta, G -> beta + (1 - beta) G (0 = off, the reference)")
     ap.add_argument("--nd-epochs", type=int, default=40)
     ap.add_argument("--nda-encoder", default="pretrained", choices=["pretrained", "nd"],
                     help="U-NDA speech-encoder start: the clean-speech 'pretrained' one (the U-ND encoder, "
@@ -302,7 +307,9 @@ def main(argv=None):
     # ---- DDGM: LV / NO / NOLV x U-NA / U-ND / U-NDA.
     cfg = ddgm.DDGMConfig(n_iter=args.na_iter, lr=args.na_lr, beta=args.beta, noise_init=args.noise_init,
                           floor_quantile=args.floor_quantile, floor_debias=args.floor_debias == "on",
-                          speech_gain=args.speech_gain, wf_mode=args.wf_mode)
+                          speech_gain=args.speech_gain, wf_mode=args.wf_mode,
+                          noise_smooth_frames=args.noise_smooth[0], noise_smooth_bins=args.noise_smooth[1],
+                          gain_floor=args.ddgm_gain_floor)
     nda_cfg = dataclasses.replace(cfg, lr=args.nda_lr or args.na_lr, train_encoder=args.nda_train == "all",
                                   n_iter=args.na_iter if args.nda_iter is None else args.nda_iter)
     enc, frozen = ddgm.split_speech_params(model, params, cfg)

@@ -205,3 +205,31 @@ def test_speech_gain_floor_debias_and_recentre():
     out = ddgm.recentre_noise(t, 4.0 * jnp.ones((T, F)), None, jnp.ones(F))
     np.testing.assert_allclose(out["noise"]["head"]["bias"], np.log(4.0) * np.ones(F), rtol=1e-6)
     np.testing.assert_array_equal(t["noise"]["head"]["bias"], np.zeros(F))
+
+
+def test_noise_smoothing_loop_oracle_padding_and_gain_floor(speech):
+    cfg = ddgm.DDGMConfig(noise_smooth_frames=5, noise_smooth_bins=3)
+    x = jax.random.normal(jax.random.key(0), (20, 2, 9))
+    m = jnp.arange(20)[:, None] < jnp.array([20, 12])
+    v, e, mm = np.asarray(ddgm.noise_variance(cfg, x, m)), np.exp(np.asarray(x)), np.asarray(m)
+    for b in range(2):     # valid frames within 2, then bins within 1, averaged
+        for t in np.flatnonzero(mm[:, b]):
+            near = [u for u in range(t - 2, t + 3) if 0 <= u < 20 and mm[u, b]]
+            row = e[near, b].mean(0)
+            want = [row[max(0, f - 1): f + 2].mean() for f in range(9)]
+            np.testing.assert_allclose(v[t, b], want, rtol=1e-5)
+    np.testing.assert_allclose(ddgm.noise_variance(ddgm.DDGMConfig(), x), np.exp(x), rtol=1e-6)
+    g = jax.grad(lambda y: jnp.sum(ddgm.noise_variance(cfg, y, m)))(x)      # differentiable (loss, U-ND)
+    assert np.all(np.isfinite(np.asarray(g))) and float(jnp.sum(g[12:, 1])) == 0.0   # padding gets none
+    # the floor bounds the attenuation: G in [beta, 1] on valid frames
+    model, params = speech
+    nm = _noise("lv")
+    P = _toy_power(jax.random.key(9))
+    floored = ddgm.DDGMConfig(noise_smooth_frames=3, noise_smooth_bins=3, gain_floor=0.25)
+    t = ddgm.fresh_trainable(model, nm, params, jax.random.key(10), floored)
+    enc, frozen = ddgm.split_speech_params(model, params, floored)
+    G, _, _ = ddgm.wiener_gain(model, nm, floored, t, ddgm.DDGMData(P, None, frozen), jax.random.key(11))
+    assert np.all((np.asarray(G) >= 0.25 - 1e-6) & (np.asarray(G) <= 1))
+    for bad in (dict(noise_smooth_frames=2), dict(noise_smooth_bins=0), dict(gain_floor=1.0)):
+        with pytest.raises(ValueError):
+            ddgm.DDGMConfig(**bad)

@@ -68,6 +68,7 @@ __all__ = [
     "split_speech_params",
     "merge_speech_params",
     "noise_floor",
+    "noise_variance",
     "floor_offset",
     "speech_gain",
     "fresh_trainable",
@@ -110,6 +111,13 @@ class DDGMConfig:
       gain_iters: see ``speech_gain``.
       train_encoder: True (reference U-NA): Adam moves the speech encoder and the noise network; False:
         the noise network only (the encoder keeps its starting weights).
+      noise_smooth_frames, noise_smooth_bins: odd widths of moving averages applied to the noise
+        network's variance, over valid frames and over frequency bins, in the loss and in the Wiener
+        filter: :math:`v_n = A_f\\, \\tilde v_n\\, A_t` (1 = off, the reference). The noise variance then
+        cannot follow a voice (harmonic combs, syllables), as in the default NMF enhancer
+        (:class:`vdvae_jax.enhance.EnhanceConfig`, 33 bins x 31 frames).
+      gain_floor: :math:`\\beta` in [0, 1): the Wiener gain becomes :math:`\\beta + (1-\\beta) G`, so no bin
+        is attenuated by more than :math:`-20\\log_{10}\\beta` dB (0 = off, the reference).
       adam_b1, adam_b2, adam_eps: Adam hyper-parameters.
     """
 
@@ -124,6 +132,9 @@ class DDGMConfig:
     speech_gain: str = "none"
     gain_iters: int = 10
     train_encoder: bool = True
+    noise_smooth_frames: int = 1
+    noise_smooth_bins: int = 1
+    gain_floor: float = 0.0
     adam_b1: float = 0.9
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
@@ -145,6 +156,12 @@ class DDGMConfig:
             raise ValueError(f"gain_iters must be >= 1, got {self.gain_iters}")
         if self.trainable is not None and not isinstance(self.trainable, tuple):
             raise TypeError(f"trainable must be a tuple of names or None, got {self.trainable!r}")
+        for name in ("noise_smooth_frames", "noise_smooth_bins"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v % 2 == 0:
+                raise ValueError(f"{name} must be an odd integer >= 1, got {v!r}")
+        if not 0.0 <= self.gain_floor < 1.0:
+            raise ValueError(f"gain_floor must be in [0, 1), got {self.gain_floor}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,6 +306,29 @@ def forward(speech_model, noise_model, trainable, data: DDGMData, noise):
     return v_s, log_vn, out
 
 
+def _moving_sum(x, axis: int, width: int):
+    """Sum over a centred window of ``width`` along ``axis`` (zero outside the array)."""
+    dims = [1] * x.ndim
+    dims[axis] = width
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (width // 2, width // 2)
+    return jax.lax.reduce_window(x, np.zeros((), x.dtype), jax.lax.add, dims, [1] * x.ndim, pad)
+
+
+def noise_variance(config: DDGMConfig, log_vn, mask=None):
+    """:math:`v_n` from the noise network's log-variance (T, [B,] F): ``exp``, then the moving averages of
+    ``config.noise_smooth_frames`` (over valid frames only: padding neither contributes nor dilutes)
+    and ``config.noise_smooth_bins`` (normalised at the band edges). Widths 1: plain ``exp``."""
+    v = jnp.exp(log_vn)
+    wt, wf = config.noise_smooth_frames, config.noise_smooth_bins
+    if wt > 1:
+        m = _frame_mask(v, mask)[..., None]
+        v = _moving_sum(m * v, 0, wt) / jnp.maximum(_moving_sum(m, 0, wt), 1.0)
+    if wf > 1:
+        v = _moving_sum(v, v.ndim - 1, wf) / _moving_sum(jnp.ones(v.shape[-1:], v.dtype), 0, wf)
+    return v
+
+
 def speech_gain(config: DDGMConfig, power, v_s, v_n, mask=None):
     """Per-utterance speech gain g (shape ``power.shape[1:-1]``: one per utterance / segment).
 
@@ -316,8 +356,9 @@ def loss_fn(speech_model, noise_model, config: DDGMConfig, trainable, data: DDGM
     v_s, log_vn, out = forward(speech_model, noise_model, trainable, data, key)
     P = data.power
     m = _frame_mask(P, data.mask)
-    v_s = speech_gain(config, P, v_s, jnp.exp(log_vn), data.mask)[..., None] * v_s
-    V = v_s + jnp.exp(log_vn)
+    v_n = noise_variance(config, log_vn, data.mask)
+    v_s = speech_gain(config, P, v_s, v_n, data.mask)[..., None] * v_s
+    V = v_s + v_n
     ratio = jnp.where(m[..., None] > 0, P / V, 1.0)
     n = jnp.maximum(jnp.sum(m), 1.0)
     recon = jnp.sum(m[..., None] * (ratio - jnp.log(ratio) - 1.0)) / n
@@ -328,13 +369,17 @@ def loss_fn(speech_model, noise_model, config: DDGMConfig, trainable, data: DDGM
 
 
 def wiener_gain(speech_model, noise_model, config: DDGMConfig, trainable, data: DDGMData, key):
-    """:math:`G = g v_s / (g v_s + v_n)` (T, [B,] F), zero on masked frames, and the two variances
-    (:math:`g v_s`, :math:`v_n`); g = 1 unless ``config.speech_gain == "utterance"``."""
+    """:math:`G = \\beta + (1 - \\beta)\\, g v_s / (g v_s + v_n)` (T, [B,] F), zero on masked frames, and the
+    two variances (:math:`g v_s`, :math:`v_n` = :func:`noise_variance`); g = 1 unless
+    ``config.speech_gain == "utterance"``, :math:`\\beta` = ``config.gain_floor`` (0 by default)."""
     noise = _speech_noise(key, config, data.power, speech_model.config.z_dim)
     v_s, log_vn, _ = forward(speech_model, noise_model, trainable, data, noise)
-    v_n = jnp.exp(log_vn)
+    v_n = noise_variance(config, log_vn, data.mask)
     v_s = speech_gain(config, data.power, v_s, v_n, data.mask)[..., None] * v_s
-    G = v_s / (v_s + v_n) * _frame_mask(data.power, data.mask)[..., None]
+    G = v_s / (v_s + v_n)
+    if config.gain_floor > 0:
+        G = config.gain_floor + (1.0 - config.gain_floor) * G
+    G = G * _frame_mask(data.power, data.mask)[..., None]
     return G, v_s, v_n
 
 
