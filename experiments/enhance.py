@@ -15,12 +15,15 @@
    LV / NO / NOLV x U-NA (per-utterance training from the pretrained encoder and a fresh noise net),
    U-ND (noise net trained on the noisy training mixtures, one forward pass), U-NDA (U-ND then
    the U-NA loop per utterance) (:mod:`vdvae_jax.inference.ddgm`). Defaults against the low-SNR role
-   swap: a debiased noise-floor init (``--floor-debias``), a profiled per-utterance speech gain
+   swap: a noise variance smoothed over 31 frames and 33 bins and a Wiener-gain floor of 0.25, as in the
+   default NMF enhancer (``--noise-smooth``, ``--ddgm-gain-floor``; ``1 1`` and ``0`` = the reference),
+   a debiased noise-floor init (``--floor-debias``), a profiled per-utterance speech gain
    (``--speech-gain``), U-ND training the noise net only and keeping the clean-speech encoder
    (``--nd-train noise``; the reference also trains the encoder: ``all``), U-NDA from the U-ND noise net
    re-centred on the utterance's noise floor (``--nda-recentre``) and the pretrained speech encoder
-   (``--nda-encoder``), Adam 5e-4 for U-NA and U-ND; ``--floor-debias off --speech-gain none --nda-recentre
-   off --nda-encoder nd --nd-train all --na-lr 2e-3 --nd-lr 2e-3`` gives the first measurement's settings.
+   (``--nda-encoder``), Adam 5e-4 for U-NA, U-ND and U-NDA; ``--noise-smooth 1 1 --ddgm-gain-floor 0
+   --floor-debias off --speech-gain none --nda-recentre off --nda-encoder nd --nd-train all --na-lr 2e-3
+   --nd-lr 2e-3 --nda-lr 2e-3`` gives the first measurement's settings.
 4. Metrics vs the clean utterance: SI-SDR (dB), PESQ wide-band (P.862.2 MOS-LQO) and ESTOI; median per
    SNR, mean over all; iterations per utterance; RTF = batched compute seconds (compilation excluded,
    reported separately) / seconds of audio. Writes ``results.json``, ``results.md`` and
@@ -193,9 +196,9 @@ def main(argv=None):
                          "'off' = the first measurement)")
     ap.add_argument("--speech-gain", default="utterance", choices=["utterance", "none"],
                     help="profiled per-utterance speech gain (DDGMConfig.speech_gain; 'none' = reference)")
-    ap.add_argument("--nda-lr", type=float, default=1e-4,
-                    help="U-NDA Adam lr: fine-tuning a trained model takes smaller steps than U-NA from scratch "
-                         "(the first measurement used --na-lr)")
+    ap.add_argument("--nda-lr", type=float, default=5e-4,
+                    help="U-NDA Adam lr (reference 5e-4; without --noise-smooth, 1e-4 avoided a role swap "
+                         "at -5 dB, see README)")
     ap.add_argument("--nda-iter", type=int, default=None, help="U-NDA steps per utterance (default: --na-iter)")
     ap.add_argument("--nda-recentre", default="on", choices=["on", "off"],
                     help="shift the U-ND noise head bias to the utterance's noise floor before U-NDA "
@@ -203,10 +206,10 @@ def main(argv=None):
     ap.add_argument("--beta", type=float, default=1.0, help="KL weight of the DDGM loss")
     ap.add_argument("--wf-mode", default="sample", choices=["sample", "mean"],
                     help="DDGM Wiener filter from one posterior sample (reference) or the posterior mean")
-    ap.add_argument("--noise-smooth", type=int, nargs=2, default=(1, 1), metavar=("FRAMES", "BINS"),
+    ap.add_argument("--noise-smooth", type=int, nargs=2, default=(31, 33), metavar=("FRAMES", "BINS"),
                     help="DDGM: moving averages of the noise variance over frames and bins (odd; 1 1 = off, "
-                         "the reference; the default NMF enhancer uses 31 33)")
-    ap.add_argument("--ddgm-gain-floor", type=float, default=0.0,
+                         "the reference; 31 33 as the default NMF enhancer)")
+    ap.add_argument("--ddgm-gain-floor", type=float, default=0.25,
                     help="DDGM: Wiener gain floor beta, G -> beta + (1 - beta) G (0 = off, the reference)")
     ap.add_argument("--nd-epochs", type=int, default=40)
     ap.add_argument("--nda-encoder", default="pretrained", choices=["pretrained", "nd"],

@@ -26,9 +26,9 @@ Every path is checked parameter by parameter against the architecture of its con
 ``method`` picks the noise model: ``"nmf"`` (the above) or a deep dynamical noise model ``"lv"``,
 ``"no"``, ``"nolv"`` (:mod:`vdvae_jax.inference.ddgm`), run noise-agnostic (U-NA): a fresh noise
 network and the prior's encoder are fitted to the utterance alone (``n_iter`` Adam steps, decoder
-frozen), then the Wiener filter :math:`G = g v_s / (g v_s + v_n)`; its ``config`` is a
-:class:`~vdvae_jax.inference.ddgm.DDGMConfig` (default :data:`DDGM_DEFAULT`). U-ND / U-NDA need a noise
-model trained on a noisy set: ``experiments/enhance.py``.
+frozen), then the floored Wiener filter :math:`G = \\beta + (1 - \\beta)\\, g v_s / (g v_s + v_n)`;
+its ``config`` is a :class:`~vdvae_jax.inference.ddgm.DDGMConfig` (default :data:`DDGM_DEFAULT`).
+U-ND / U-NDA need a noise model trained on a noisy set: ``experiments/enhance.py``.
 """
 
 from __future__ import annotations
@@ -53,10 +53,13 @@ __all__ = ["METHODS", "PRESETS", "DEFAULT", "SMOOTH", "DDGM_DEFAULT", "EnhanceCo
            "load_prior", "check_prior", "smoothing_matrix", "tonal_speech_correlation", "enhance"]
 
 METHODS = ("nmf", "lv", "no", "nolv")
-#: U-NA settings of the README's DDGM table (``experiments/enhance.py --na-iter 100``): Adam 5e-4 (the
-#: reference's), 100 steps, the noise head started at the debiased 10 % noise floor, a profiled speech gain.
+#: U-NA settings of the README's DDGM table (``experiments/enhance.py`` defaults): Adam 5e-4 (the
+#: reference's), 100 steps, the noise head started at the debiased 10 % noise floor, a profiled speech gain,
+#: the noise variance smoothed over 31 frames and 33 bins and the Wiener gain floored at 0.25 (as
+#: :data:`DEFAULT` does for the NMF noise).
 DDGM_DEFAULT = ddgm.DDGMConfig(n_iter=100, lr=5e-4, noise_init="floor", floor_debias=True,
-                               speech_gain="utterance")
+                               speech_gain="utterance", noise_smooth_frames=31, noise_smooth_bins=33,
+                               gain_floor=0.25)
 STFT = StftConfig(pad_mode="constant")
 
 

@@ -673,11 +673,12 @@ def _scass_cost(mix, v_x, mu, v_phi):
 
 def _scass_diagnostics(eta, cost, mu, v_phi, v_theta, q: Gaussian, p: Gaussian, dvae_losses):
     """The printed losses of :func:`_scass_printed` and the total ELBO of :func:`scass_elbo_terms` (summed
-    over the batch) from ``cost`` = :func:`_scass_cost`, as one reduction of stacked terms (as
-    :func:`_mot_diagnostics`). Same values up to rounding (``tests/test_mixdvae_vem.py``).
+    over the batch) from ``cost`` = :func:`_scass_cost`, in one pass over the shared tensors. Same values
+    up to rounding (``tests/test_mixdvae_vem.py``).
 
-    Each term is its own full reduction, which XLA fuses with the term's elementwise producer:
-    stacking the seven (S, T, B, F) terms first materialised them (2.7x slower on XLA:CPU)."""
+    Each term is its own full reduction, which XLA fuses with the term's elementwise producer; one
+    reduction of the stacked terms (as :func:`_mot_diagnostics` does with its 4-coordinate arrays)
+    materialised the seven (S, T, B, F) terms first (2.7x slower on XLA:CPU)."""
     S, F = eta.shape[0], eta.shape[-1]
     bt = math.prod(mu.shape[1:-1])
     wrong = -jnp.sum(eta, axis=0)[None] * cost          # the reference's eta broadcast (spec §7.2 #19)
