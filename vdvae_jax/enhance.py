@@ -473,16 +473,17 @@ def enhance(noisy: np.ndarray, sr: int, prior, *, method: str = "nmf",
         if not isinstance(config, ddgm.DDGMConfig):
             raise TypeError(f"method {method!r} takes a DDGMConfig, got {type(config).__name__} "
                             "(presets and EnhanceConfig / SEVEMConfig are for method 'nmf')")
-    config = DEFAULT if config is None else config
-    if isinstance(config, str):
-        if config not in PRESETS:
-            raise ValueError(f"unknown config {config!r}; presets: {sorted(PRESETS)}")
-        config = PRESETS[config]
-    if not isinstance(config, (EnhanceConfig, SEVEMConfig, ddgm.DDGMConfig)):
-        raise TypeError(f"config must be an EnhanceConfig, an SEVEMConfig or a preset name, "
-                        f"got {type(config).__name__}")
-    if method == "nmf" and isinstance(config, ddgm.DDGMConfig):
-        raise TypeError("a DDGMConfig goes with method 'lv', 'no' or 'nolv', not 'nmf'")
+    else:
+        config = DEFAULT if config is None else config
+        if isinstance(config, str):
+            if config not in PRESETS:
+                raise ValueError(f"unknown config {config!r}; presets: {sorted(PRESETS)}")
+            config = PRESETS[config]
+        if isinstance(config, ddgm.DDGMConfig):
+            raise TypeError("a DDGMConfig goes with method 'lv', 'no' or 'nolv', not 'nmf'")
+        if not isinstance(config, (EnhanceConfig, SEVEMConfig)):
+            raise TypeError(f"config must be an EnhanceConfig, an SEVEMConfig or a preset name, "
+                            f"got {type(config).__name__}")
     x, peak, X = analyse(noisy, sr, name)  # X: (N, F)
     model, params = load_prior(prior)
     check_bins(model)

@@ -318,7 +318,9 @@ def _moving_sum(x, axis: int, width: int):
 def noise_variance(config: DDGMConfig, log_vn, mask=None):
     """:math:`v_n` from the noise network's log-variance (T, [B,] F): ``exp``, then the moving averages of
     ``config.noise_smooth_frames`` (over valid frames only: padding neither contributes nor dilutes)
-    and ``config.noise_smooth_bins`` (normalised at the band edges). Widths 1: plain ``exp``."""
+    and ``config.noise_smooth_bins`` (normalised at the band edges). Widths 1: plain ``exp``. These are the
+    averages of :func:`vdvae_jax.enhance.smoothing_matrix`, computed as windowed sums (O(T F w), no T x T
+    or F x F matrix; gradients flow through them)."""
     v = jnp.exp(log_vn)
     wt, wf = config.noise_smooth_frames, config.noise_smooth_bins
     if wt > 1:
