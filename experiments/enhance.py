@@ -18,12 +18,14 @@
    swap: a noise variance smoothed over 31 frames and 33 bins and a Wiener-gain floor of 0.25, as in the
    default NMF enhancer (``--noise-smooth``, ``--ddgm-gain-floor``; ``1 1`` and ``0`` = the reference),
    a debiased noise-floor init (``--floor-debias``), a profiled per-utterance speech gain
-   (``--speech-gain``), U-ND training the noise net only and keeping the clean-speech encoder
-   (``--nd-train noise``; the reference also trains the encoder: ``all``), U-NDA from the U-ND noise net
-   re-centred on the utterance's noise floor (``--nda-recentre``) and the pretrained speech encoder
-   (``--nda-encoder``), Adam 5e-4 for U-NA, U-ND and U-NDA; ``--noise-smooth 1 1 --ddgm-gain-floor 0
-   --floor-debias off --speech-gain none --nda-recentre off --nda-encoder nd --nd-train all --na-lr 2e-3
-   --nd-lr 2e-3 --nda-lr 2e-3`` gives the first measurement's settings.
+   (``--speech-gain``), U-ND and U-NDA with a per-utterance noise level per frequency bin profiled by
+   maximum likelihood (``--noise-gain``; the noise net then learns the noise's shape, not the training
+   noises' spectrum; U-NA keeps its floor-initialised level: ``--na-noise-gain none``), U-ND training
+   encoder + noise net (``--nd-train all``, the reference), U-NDA from the U-ND parameters with the noise
+   head re-centred on the utterance's noise floor (``--nda-recentre``), Adam 5e-4 for U-NA, U-ND and
+   U-NDA; ``--noise-smooth 1 1 --ddgm-gain-floor 0 --noise-gain none --floor-debias off --speech-gain none
+   --nda-recentre off --na-lr 2e-3 --nd-lr 2e-3 --nda-lr 2e-3`` gives the first measurement's settings
+   (``--noise-gain none --nd-train noise --nda-encoder pretrained``: the previous defaults).
 4. Metrics vs the clean utterance: SI-SDR (dB), PESQ wide-band (P.862.2 MOS-LQO) and ESTOI; median per
    SNR, mean over all; iterations per utterance; RTF = batched compute seconds (compilation excluded,
    reported separately) / seconds of audio. Writes ``results.json``, ``results.md`` and
@@ -196,6 +198,12 @@ def main(argv=None):
                          "'off' = the first measurement)")
     ap.add_argument("--speech-gain", default="utterance", choices=["utterance", "none"],
                     help="profiled per-utterance speech gain (DDGMConfig.speech_gain; 'none' = reference)")
+    ap.add_argument("--noise-gain", default="frequency", choices=["frequency", "band", "none"],
+                    help="U-ND / U-NDA: profiled per-utterance noise level per frequency bin "
+                         "(DDGMConfig.noise_gain; 'none' = reference)")
+    ap.add_argument("--na-noise-gain", default="none", choices=["frequency", "band", "none"],
+                    help="U-NA: the same ('none': the fresh noise net's level is the utterance's floor; "
+                         "'frequency' lowered every U-NA mean by 0.3-0.7 dB, see README)")
     ap.add_argument("--nda-lr", type=float, default=5e-4,
                     help="U-NDA Adam lr (reference 5e-4; without --noise-smooth, 1e-4 avoided a role swap "
                          "at -5 dB, see README)")
@@ -212,15 +220,16 @@ def main(argv=None):
     ap.add_argument("--ddgm-gain-floor", type=float, default=0.25,
                     help="DDGM: Wiener gain floor beta, G -> beta + (1 - beta) G (0 = off, the reference)")
     ap.add_argument("--nd-epochs", type=int, default=40)
-    ap.add_argument("--nda-encoder", default="pretrained", choices=["pretrained", "nd"],
-                    help="U-NDA speech-encoder start: the clean-speech 'pretrained' one (the U-ND encoder, "
-                         "trained without clean targets, maps noise to speech at -5 dB) or the U-ND one "
-                         "('nd' = the first measurement); the noise net always starts from U-ND")
+    ap.add_argument("--nda-encoder", default="nd", choices=["pretrained", "nd"],
+                    help="U-NDA speech-encoder start: the U-ND one ('nd', reference) or the clean-speech "
+                         "'pretrained' one (better without --noise-gain, when the U-ND encoder maps noise to "
+                         "speech at -5 dB); the noise net always starts from U-ND")
     ap.add_argument("--nd-lr", type=float, default=5e-4,
                     help="U-ND peak Adam lr (reference 5e-4; the first measurement used 2e-3)")
     ap.add_argument("--nd-batch", type=int, default=32)
-    ap.add_argument("--nd-train", default="noise", choices=["all", "noise"],
-                    help="U-ND trains encoder + noise net ('all', reference) or the noise net only ('noise')")
+    ap.add_argument("--nd-train", default="all", choices=["all", "noise"],
+                    help="U-ND trains encoder + noise net ('all', reference) or the noise net only ('noise'; "
+                         "better without --noise-gain)")
     ap.add_argument("--nda-train", default="all", choices=["all", "noise"],
                     help="U-NDA adapts encoder + noise net ('all', as U-NA) or the noise net only ('noise')")
     ap.add_argument("--nd-files", type=int, default=None, help="noisy training mixtures used (default all)")
@@ -310,10 +319,11 @@ def main(argv=None):
     # ---- DDGM: LV / NO / NOLV x U-NA / U-ND / U-NDA.
     cfg = ddgm.DDGMConfig(n_iter=args.na_iter, lr=args.na_lr, beta=args.beta, noise_init=args.noise_init,
                           floor_quantile=args.floor_quantile, floor_debias=args.floor_debias == "on",
-                          speech_gain=args.speech_gain, wf_mode=args.wf_mode,
+                          speech_gain=args.speech_gain, noise_gain=args.na_noise_gain, wf_mode=args.wf_mode,
                           noise_smooth_frames=args.noise_smooth[0], noise_smooth_bins=args.noise_smooth[1],
                           gain_floor=args.ddgm_gain_floor)
-    nda_cfg = dataclasses.replace(cfg, lr=args.nda_lr or args.na_lr, train_encoder=args.nda_train == "all",
+    nd_model_cfg = dataclasses.replace(cfg, noise_gain=args.noise_gain)        # U-ND and U-NDA
+    nda_cfg = dataclasses.replace(nd_model_cfg, lr=args.nda_lr or args.na_lr, train_encoder=args.nda_train == "all",
                                   n_iter=args.na_iter if args.nda_iter is None else args.nda_iter)
     enc, frozen = ddgm.split_speech_params(model, params, cfg)
     P_tb = jnp.swapaxes(jnp.abs(jnp.asarray(X)) ** 2, 0, 1)  # (T, B, F)
@@ -332,19 +342,21 @@ def main(argv=None):
         k_na, k_nd, k_nda, k_init = jax.random.split(k_kind, 4)
 
         # U-NA: pretrained encoder + a fresh noise net per utterance (head bias from its noise floor).
-        init_keys = jax.random.split(k_init, len(items))
-        starts = jax.vmap(lambda P, m, k: ddgm.fresh_trainable(model, nm, params, k, cfg, P, m),
-                          in_axes=(1, 1, 0))(P_tb, m_tb, init_keys)
-        una = jax.jit(lambda f, t, P, m, k: ddgm.adapt_batch(model, nm, cfg, f, t, P, m, k, shared_start=False))
-        t1 = time.perf_counter()
-        una_c = una.lower(frozen, starts, P_tb, m_tb, k_na).compile()
-        t2 = time.perf_counter()
-        G, losses = jax.block_until_ready(una_c(frozen, starts, P_tb, m_tb, k_na))
-        c_s, r_s = t2 - t1, time.perf_counter() - t2
-        estimates[f"{kind.upper()} U-NA"] = record(
-            f"{kind.upper()} U-NA", to_waves(items, np.swapaxes(np.asarray(G), 0, 1) * X), args.na_iter, c_s, r_s,
-            dict(loss_first=float(jnp.mean(losses[:, 0])), loss_last=float(jnp.mean(losses[:, -1]))))
-        save()
+        una_c = None
+        if "U-NA" in args.configs:
+            init_keys = jax.random.split(k_init, len(items))
+            starts = jax.vmap(lambda P, m, k: ddgm.fresh_trainable(model, nm, params, k, cfg, P, m),
+                              in_axes=(1, 1, 0))(P_tb, m_tb, init_keys)
+            una = jax.jit(lambda f, t, P, m, k: ddgm.adapt_batch(model, nm, cfg, f, t, P, m, k, shared_start=False))
+            t1 = time.perf_counter()
+            una_c = una.lower(frozen, starts, P_tb, m_tb, k_na).compile()
+            t2 = time.perf_counter()
+            G, losses = jax.block_until_ready(una_c(frozen, starts, P_tb, m_tb, k_na))
+            c_s, r_s = t2 - t1, time.perf_counter() - t2
+            estimates[f"{kind.upper()} U-NA"] = record(
+                f"{kind.upper()} U-NA", to_waves(items, np.swapaxes(np.asarray(G), 0, 1) * X), args.na_iter,
+                c_s, r_s, dict(loss_first=float(jnp.mean(losses[:, 0])), loss_last=float(jnp.mean(losses[:, -1]))))
+            save()
         if not {"U-ND", "U-NDA"} & set(args.configs):
             continue
 
@@ -352,9 +364,9 @@ def main(argv=None):
         bias = (jnp.log(jnp.maximum(jnp.asarray(train_floor), 1e-10)) + ddgm.floor_offset(cfg)
                 if args.noise_init == "floor" else None)
         t0 = {"speech": enc, "noise": nm.init(k_init, head_bias=bias)}
-        nd_params, hist = ddgm.train_nd(model, nm, cfg, nd_cfg, frozen, t0, segs, k_nd, progress=not args.smoke,
-                                        log=log)
-        nd = jax.jit(lambda f, t, P, m, k: ddgm.apply_batch(model, nm, cfg, f, t, P, m, k))
+        nd_params, hist = ddgm.train_nd(model, nm, nd_model_cfg, nd_cfg, frozen, t0, segs, k_nd,
+                                        progress=not args.smoke, log=log)
+        nd = jax.jit(lambda f, t, P, m, k: ddgm.apply_batch(model, nm, nd_model_cfg, f, t, P, m, k))
         G, c_s, r_s = timed(nd, frozen, nd_params, P_tb, m_tb, k_nd)
         estimates[f"{kind.upper()} U-ND"] = record(
             f"{kind.upper()} U-ND", to_waves(items, np.swapaxes(np.asarray(G), 0, 1) * X),
@@ -376,7 +388,7 @@ def main(argv=None):
         if args.nda_encoder == "pretrained":
             nd_starts = {**nd_starts, "speech": per_utterance(enc)}
         c_s = 0.0
-        if nda_cfg == cfg:  # same compiled program as U-NA
+        if nda_cfg == cfg and una_c is not None:  # same compiled program as U-NA
             nda_c = una_c
         else:
             t1 = time.perf_counter()

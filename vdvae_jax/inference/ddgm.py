@@ -38,8 +38,9 @@ zoo (the DDGM's RVAE-causal has an extra ``enc_mlp_g_z`` 256→128 tanh layer: `
 in :class:`~vdvae_jax.models.rvae.RVAEConfig` reproduces it); ``DDGMConfig.noise_init="floor"`` starts
 the noise head's bias at the log of a per-frequency low quantile of P (reference: ``"random"``), with
 ``floor_debias`` turned into a noise-variance estimate; ``DDGMConfig.speech_gain="utterance"`` adds a
-profiled per-utterance speech gain (reference: none); :func:`recentre_noise` moves a U-ND noise model to
-the utterance's noise floor before U-NDA; ``NDConfig.train_encoder=False`` keeps the clean-speech encoder
+profiled per-utterance speech gain and ``DDGMConfig.noise_gain`` a profiled per-utterance noise level
+per frequency bin or band (reference: neither); :func:`recentre_noise` moves a U-ND noise model to the
+utterance's noise floor before U-NDA; ``NDConfig.train_encoder=False`` keeps the clean-speech encoder
 in U-ND. Without these, at -5 dB the speech variance (at the clean training loudness) and a noise model
 started 10 dB below the noise swap roles (speech removed).
 """
@@ -71,6 +72,7 @@ __all__ = [
     "noise_variance",
     "floor_offset",
     "speech_gain",
+    "profile_gains",
     "fresh_trainable",
     "recentre_noise",
     "forward",
@@ -108,7 +110,16 @@ class DDGMConfig:
         :math:`g \\leftarrow g \\sqrt{\\sum_{t,f} P v_s V^{-2} / \\sum_{t,f} v_s V^{-1}}`.
         It absorbs the loudness mismatch between the frozen clean-speech decoder and the speech in a
         max-normalised low-SNR mixture, which otherwise makes :math:`v_s` cover the noise (role swap).
-      gain_iters: see ``speech_gain``.
+      noise_gain: ``"none"`` (reference) or ``"frequency"``: one gain per frequency bin and utterance
+        (per segment in U-ND) on the noise variance, :math:`V = g\\, v_s + c_f\\, v_n`, profiled with g by
+        the same multiplicative IS updates, :math:`c_f \\leftarrow c_f \\sqrt{\\sum_t P v_n V^{-2} /
+        \\sum_t v_n V^{-1}}`. The noise network then models the noise's shape over time and frequency
+        while its level per bin is fitted to each utterance in closed form: a U-ND network trained on other
+        noise types no longer imposes their spectrum on a new one.
+        ``"band"``: the same with the level smooth over frequency, :math:`c = A_f c'`, :math:`A_f` the
+        ``noise_smooth_bins`` moving average of :func:`noise_variance` (the multiplicative update of
+        :math:`c'` with :math:`A_f^\\top` applied to both sums), so the level cannot follow a voice either.
+      gain_iters: alternating updates of ``speech_gain`` / ``noise_gain``.
       train_encoder: True (reference U-NA): Adam moves the speech encoder and the noise network; False:
         the noise network only (the encoder keeps its starting weights).
       noise_smooth_frames, noise_smooth_bins: odd widths of moving averages applied to the noise
@@ -130,6 +141,7 @@ class DDGMConfig:
     wf_mode: str = "sample"
     trainable: tuple[str, ...] | None = None
     speech_gain: str = "none"
+    noise_gain: str = "none"
     gain_iters: int = 10
     train_encoder: bool = True
     noise_smooth_frames: int = 1
@@ -152,6 +164,8 @@ class DDGMConfig:
             raise ValueError(f"wf_mode must be 'sample' or 'mean', got {self.wf_mode!r}")
         if self.speech_gain not in ("none", "utterance"):
             raise ValueError(f"speech_gain must be 'none' or 'utterance', got {self.speech_gain!r}")
+        if self.noise_gain not in ("none", "frequency", "band"):
+            raise ValueError(f"noise_gain must be 'none', 'frequency' or 'band', got {self.noise_gain!r}")
         if self.gain_iters < 1:
             raise ValueError(f"gain_iters must be >= 1, got {self.gain_iters}")
         if self.trainable is not None and not isinstance(self.trainable, tuple):
@@ -331,26 +345,53 @@ def noise_variance(config: DDGMConfig, log_vn, mask=None):
     return v
 
 
-def speech_gain(config: DDGMConfig, power, v_s, v_n, mask=None):
-    """Per-utterance speech gain g (shape ``power.shape[1:-1]``: one per utterance / segment).
+def profile_gains(config: DDGMConfig, power, v_s, v_n, mask=None):
+    """Profiled gains ``(g, c)``: g (``power.shape[1:-1]``, one per utterance / segment) on the speech
+    variance, c (``power.shape[1:]``, one per bin and utterance) on the noise variance, so that
+    :math:`V = g\\, v_s + c\\, v_n`.
 
-    ``config.speech_gain == "none"``: ones. ``"utterance"``: ``config.gain_iters`` multiplicative
-    updates :math:`g \\leftarrow g \\sqrt{\\sum_{t,f} m_t P v_s V^{-2} / \\sum_{t,f} m_t v_s V^{-1}}`,
-    :math:`V = g v_s + v_n`, from g = 1 (each step does not increase the IS divergence); no gradient.
+    Ones unless ``config.speech_gain == "utterance"`` / ``config.noise_gain == "frequency"``; otherwise
+    ``config.gain_iters`` alternating multiplicative IS updates from ones (none increases the IS divergence):
+
+    .. math::
+        g \\leftarrow g \\sqrt{\\frac{\\sum_{t,f} m_t P v_s V^{-2}}{\\sum_{t,f} m_t v_s V^{-1}}}, \\qquad
+        c_f \\leftarrow c_f \\sqrt{\\frac{\\sum_t m_t P v_n V^{-2}}{\\sum_t m_t v_n V^{-1}}}.
+
+    No gradient flows through the gains (at the profiled optimum the gradient of the profiled loss is the
+    partial gradient at fixed gains).
     """
     g = jnp.ones(power.shape[1:-1], power.dtype)
-    if config.speech_gain == "none":
-        return g
+    c = jnp.ones(power.shape[1:], power.dtype)
+    fit_g, fit_c = config.speech_gain == "utterance", config.noise_gain != "none"
+    if not (fit_g or fit_c):
+        return g, c
     P, v_s, v_n = (jax.lax.stop_gradient(a) for a in (power, v_s, v_n))
     m = _frame_mask(P, mask)[..., None]
+    wf = config.noise_smooth_bins if config.noise_gain == "band" else 1
+    n_f = _moving_sum(jnp.ones(P.shape[-1:], P.dtype), 0, wf)
+    band = lambda x: _moving_sum(x, x.ndim - 1, wf) / n_f       # noqa: E731  A_f x
+    band_t = lambda x: _moving_sum(x / n_f, x.ndim - 1, wf)     # noqa: E731  A_f^T x (A_f not symmetric)
 
-    def upd(g, _):
-        V = g[..., None] * v_s + v_n
-        num = jnp.sum(m * P * v_s / V**2, axis=(0, -1))
-        den = jnp.sum(m * v_s / V, axis=(0, -1))
-        return g * jnp.sqrt(num / jnp.maximum(den, 1e-30)), None
+    def sums(num_var, V, axis):
+        return jnp.sum(m * P * num_var / V**2, axis=axis), jnp.sum(m * num_var / V, axis=axis)
 
-    return jax.lax.scan(upd, g, None, length=config.gain_iters)[0]
+    def upd(gc, _):
+        g, c = gc                          # c: the band parameters c' ("band"), else the gains
+        if fit_g:
+            num, den = sums(v_s, g[..., None] * v_s + band(c) * v_n, (0, -1))
+            g = g * jnp.sqrt(num / jnp.maximum(den, 1e-30))
+        if fit_c:
+            num, den = sums(v_n, g[..., None] * v_s + band(c) * v_n, 0)
+            c = c * jnp.sqrt(band_t(num) / jnp.maximum(band_t(den), 1e-30))
+        return (g, c), None
+
+    g, c = jax.lax.scan(upd, (g, c), None, length=config.gain_iters)[0]
+    return g, band(c)
+
+
+def speech_gain(config: DDGMConfig, power, v_s, v_n, mask=None):
+    """The speech part g of :func:`profile_gains` (ones when ``config.speech_gain == "none"``)."""
+    return profile_gains(config, power, v_s, v_n, mask)[0]
 
 
 def loss_fn(speech_model, noise_model, config: DDGMConfig, trainable, data: DDGMData, key):
@@ -359,7 +400,8 @@ def loss_fn(speech_model, noise_model, config: DDGMConfig, trainable, data: DDGM
     P = data.power
     m = _frame_mask(P, data.mask)
     v_n = noise_variance(config, log_vn, data.mask)
-    v_s = speech_gain(config, P, v_s, v_n, data.mask)[..., None] * v_s
+    g, c = profile_gains(config, P, v_s, v_n, data.mask)
+    v_s, v_n = g[..., None] * v_s, c * v_n
     V = v_s + v_n
     ratio = jnp.where(m[..., None] > 0, P / V, 1.0)
     n = jnp.maximum(jnp.sum(m), 1.0)
@@ -371,13 +413,14 @@ def loss_fn(speech_model, noise_model, config: DDGMConfig, trainable, data: DDGM
 
 
 def wiener_gain(speech_model, noise_model, config: DDGMConfig, trainable, data: DDGMData, key):
-    """:math:`G = \\beta + (1 - \\beta)\\, g v_s / (g v_s + v_n)` (T, [B,] F), zero on masked frames, and the
-    two variances (:math:`g v_s`, :math:`v_n` = :func:`noise_variance`); g = 1 unless
-    ``config.speech_gain == "utterance"``, :math:`\\beta` = ``config.gain_floor`` (0 by default)."""
+    """:math:`G = \\beta + (1 - \\beta)\\, g v_s / (g v_s + c\\, v_n)` (T, [B,] F), zero on masked frames,
+    and the two variances (:math:`g v_s`, :math:`c\\, v_n`; :math:`v_n` = :func:`noise_variance`, g and c
+    from :func:`profile_gains`), :math:`\\beta` = ``config.gain_floor`` (0 by default)."""
     noise = _speech_noise(key, config, data.power, speech_model.config.z_dim)
     v_s, log_vn, _ = forward(speech_model, noise_model, trainable, data, noise)
     v_n = noise_variance(config, log_vn, data.mask)
-    v_s = speech_gain(config, data.power, v_s, v_n, data.mask)[..., None] * v_s
+    g, c = profile_gains(config, data.power, v_s, v_n, data.mask)
+    v_s, v_n = g[..., None] * v_s, c * v_n
     G = v_s / (v_s + v_n)
     if config.gain_floor > 0:
         G = config.gain_floor + (1.0 - config.gain_floor) * G
