@@ -92,3 +92,12 @@ def test_bench_scan_layout_smoke(tmp_path):
 def test_mixdvae_mot_smoke(tmp_path):
     run([str(REPO / "experiments/mixdvae_mot.py"), "--smoke", "--out", str(tmp_path / "mot")], tmp_path)
     assert (tmp_path / "mot" / "results.json").is_file()
+
+
+def test_bench_lstm_grad_smoke(tmp_path):
+    """The LSTM-gradient benchmark runs; its two implementations agree (checked inside) and are timed."""
+    run([str(REPO / "benchmarks/bench_lstm_grad.py"), "--smoke", "--out", str(tmp_path / "g.jsonl")], tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
+    assert [(r["setting"], r["implementation"]) for r in records[1:]] == [
+        ("shared", "lstm_scan"), ("shared", "autodiff"), ("per_sequence", "lstm_scan"), ("per_sequence", "autodiff")]
+    assert all(r["step_s"] > 0 and r["max_grad_diff"] < 1e-3 for r in records[1:])
