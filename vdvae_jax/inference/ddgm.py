@@ -350,7 +350,7 @@ def profile_gains(config: DDGMConfig, power, v_s, v_n, mask=None):
     variance, c (``power.shape[1:]``, one per bin and utterance) on the noise variance, so that
     :math:`V = g\\, v_s + c\\, v_n`.
 
-    Ones unless ``config.speech_gain == "utterance"`` / ``config.noise_gain == "frequency"``; otherwise
+    Ones unless ``config.speech_gain == "utterance"`` / ``config.noise_gain != "none"``; otherwise
     ``config.gain_iters`` alternating multiplicative IS updates from ones (none increases the IS divergence):
 
     .. math::
