@@ -367,21 +367,25 @@ def profile_gains(config: DDGMConfig, power, v_s, v_n, mask=None):
         return g, c
     P, v_s, v_n = (jax.lax.stop_gradient(a) for a in (power, v_s, v_n))
     m = _frame_mask(P, mask)[..., None]
-    wf = config.noise_smooth_bins if config.noise_gain == "band" else 1
-    n_f = _moving_sum(jnp.ones(P.shape[-1:], P.dtype), 0, wf)
-    band = lambda x: _moving_sum(x, x.ndim - 1, wf) / n_f       # noqa: E731  A_f x
-    band_t = lambda x: _moving_sum(x / n_f, x.ndim - 1, wf)     # noqa: E731  A_f^T x (A_f not symmetric)
+    if config.noise_gain == "band" and config.noise_smooth_bins > 1:
+        wf = config.noise_smooth_bins
+        n_f = _moving_sum(jnp.ones(P.shape[-1:], P.dtype), 0, wf)
+        band = lambda x: _moving_sum(x, x.ndim - 1, wf) / n_f       # noqa: E731  A_f x
+        band_t = lambda x: _moving_sum(x / n_f, x.ndim - 1, wf)     # noqa: E731  A_f^T x (A_f not symmetric)
+    else:
+        band = band_t = lambda x: x                                  # noqa: E731
 
     def sums(num_var, V, axis):
         return jnp.sum(m * P * num_var / V**2, axis=axis), jnp.sum(m * num_var / V, axis=axis)
 
     def upd(gc, _):
         g, c = gc                          # c: the band parameters c' ("band"), else the gains
+        noise = band(c) * v_n if fit_c else v_n
         if fit_g:
-            num, den = sums(v_s, g[..., None] * v_s + band(c) * v_n, (0, -1))
+            num, den = sums(v_s, g[..., None] * v_s + noise, (0, -1))
             g = g * jnp.sqrt(num / jnp.maximum(den, 1e-30))
         if fit_c:
-            num, den = sums(v_n, g[..., None] * v_s + band(c) * v_n, 0)
+            num, den = sums(v_n, g[..., None] * v_s + noise, 0)
             c = c * jnp.sqrt(band_t(num) / jnp.maximum(band_t(den), 1e-30))
         return (g, c), None
 
@@ -394,14 +398,20 @@ def speech_gain(config: DDGMConfig, power, v_s, v_n, mask=None):
     return profile_gains(config, power, v_s, v_n, mask)[0]
 
 
+def _scaled_variances(config: DDGMConfig, power, v_s, log_vn, mask):
+    """:math:`(g\\, v_s,\\ c\\, v_n)`: :func:`noise_variance` of the network's output, then the
+    :func:`profile_gains` of both (the variances of the loss and of the Wiener filter)."""
+    v_n = noise_variance(config, log_vn, mask)
+    g, c = profile_gains(config, power, v_s, v_n, mask)
+    return g[..., None] * v_s, c * v_n
+
+
 def loss_fn(speech_model, noise_model, config: DDGMConfig, trainable, data: DDGMData, key):
     """The loss of the module docstring; returns ``(loss, (recon, kl))`` (both per valid frame)."""
     v_s, log_vn, out = forward(speech_model, noise_model, trainable, data, key)
     P = data.power
     m = _frame_mask(P, data.mask)
-    v_n = noise_variance(config, log_vn, data.mask)
-    g, c = profile_gains(config, P, v_s, v_n, data.mask)
-    v_s, v_n = g[..., None] * v_s, c * v_n
+    v_s, v_n = _scaled_variances(config, P, v_s, log_vn, data.mask)
     V = v_s + v_n
     ratio = jnp.where(m[..., None] > 0, P / V, 1.0)
     n = jnp.maximum(jnp.sum(m), 1.0)
@@ -418,9 +428,7 @@ def wiener_gain(speech_model, noise_model, config: DDGMConfig, trainable, data: 
     from :func:`profile_gains`), :math:`\\beta` = ``config.gain_floor`` (0 by default)."""
     noise = _speech_noise(key, config, data.power, speech_model.config.z_dim)
     v_s, log_vn, _ = forward(speech_model, noise_model, trainable, data, noise)
-    v_n = noise_variance(config, log_vn, data.mask)
-    g, c = profile_gains(config, data.power, v_s, v_n, data.mask)
-    v_s, v_n = g[..., None] * v_s, c * v_n
+    v_s, v_n = _scaled_variances(config, data.power, v_s, log_vn, data.mask)
     G = v_s / (v_s + v_n)
     if config.gain_floor > 0:
         G = config.gain_floor + (1.0 - config.gain_floor) * G

@@ -200,33 +200,32 @@ def lstm_project(params, xs: jax.Array) -> jax.Array:
     return xs @ params["kernel_ih"] + params["bias"]
 
 
+def _lstm_cell(kernel_hh, carry, gates_x, *, matmul: Callable = concat_matmul,
+               sigmoid: Callable = jax.nn.sigmoid):
+    """One LSTM step (the equations of the module docstring) with the activations the backward pass of
+    :func:`lstm_scan` needs: ``((h', c'), (i, f, g, o, tanh c'))``, gates after their nonlinearities."""
+    h, c = carry
+    i, f, g, o = jnp.split(gates_x + matmul([h], kernel_hh), 4, axis=-1)
+    i, f, g, o = sigmoid(i), sigmoid(f), jnp.tanh(g), sigmoid(o)
+    c = f * c + i * g
+    tc = jnp.tanh(c)
+    return (o * tc, c), (i, f, g, o, tc)
+
+
 def lstm_step(params, carry, gates_x: jax.Array, *, matmul: Callable = concat_matmul,
               sigmoid: Callable = jax.nn.sigmoid):
     """One LSTM step from precomputed input gates. ``carry = (h, c)``; returns ``((h, c), h)``.
 
     ``matmul(parts, kernel)`` does the recurrent product (:func:`unrolled_matmul` for tiny cells);
     ``sigmoid`` may be swapped for an equal formula that is cheaper on some backends."""
-    h, c = carry
-    i, f, g, o = jnp.split(gates_x + matmul([h], params["kernel_hh"]), 4, axis=-1)
-    c = sigmoid(f) * c + sigmoid(i) * jnp.tanh(g)
-    h = sigmoid(o) * jnp.tanh(c)
-    return (h, c), h
+    new, _ = _lstm_cell(params["kernel_hh"], carry, gates_x, matmul=matmul, sigmoid=sigmoid)
+    return new, new[0]
 
 
 def zero_carry(batch_shape: tuple, hidden: int, dtype=jnp.float32):
     """Zero LSTM state ``(h, c)`` for the given batch shape, in ``dtype`` (pass the data's dtype:
     a default-dtype carry would silently promote float32 models to float64 under ``jax_enable_x64``)."""
     return jnp.zeros(batch_shape + (hidden,), dtype), jnp.zeros(batch_shape + (hidden,), dtype)
-
-
-def _lstm_cell(kernel_hh, carry, gates_x):
-    """One step with the activations the backward pass needs: ``((h', c'), (i, f, g, o, tanh c'))``."""
-    h, c = carry
-    i, f, g, o = jnp.split(gates_x + h @ kernel_hh, 4, axis=-1)
-    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
-    c = f * c + i * g
-    tc = jnp.tanh(c)
-    return (o * tc, c), (i, f, g, o, tc)
 
 
 def _lstm_forward(kernel_hh, gates, carry, mask, reverse, keep):
