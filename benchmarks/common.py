@@ -8,8 +8,16 @@ import time
 import timeit
 from typing import Callable
 
+import os
+
 import jax
 import jax.numpy as jnp
+
+from vdvae_jax.runtime import prefer_wide_cpu_vectors
+
+# Before the first JAX computation of every benchmark (see vdvae_jax.runtime); VDVAE_JAX_DEFAULT_XLA=1
+# in the environment measures with XLA's default vector width instead.
+prefer_wide_cpu_vectors()
 
 __all__ = ["time_compiled", "matmul_flops_per_s", "xla_flops", "environment", "emit"]
 
@@ -52,7 +60,7 @@ def environment() -> dict:
     dev = jax.devices()[0]
     return {"jax": jax.__version__, "backend": jax.default_backend(), "device_kind": dev.device_kind,
             "n_devices": jax.device_count(), "python": platform.python_version(),
-            "machine": platform.machine()}
+            "machine": platform.machine(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def emit(record: dict, path: str | None = None) -> None:

@@ -192,6 +192,9 @@ def main(argv=None) -> int:
 
     add_tracking(sub)  # track, evaluate-mot (each sets ``func``)
     args = ap.parse_args(argv)
+    from vdvae_jax.runtime import prefer_wide_cpu_vectors
+
+    prefer_wide_cpu_vectors()   # before the first JAX computation (see vdvae_jax.runtime)
     if getattr(args, "func", None) is not None:
         return args.func(args)
     return COMMANDS[args.command][2](args)

@@ -117,6 +117,11 @@ class SEVEMConfig:
         one parameter.
       trainable: top-level parameter names tuned in the E-step; ``None`` = :data:`ENCODER_LAYERS` of
         the model's family.
+      reuse_features: for a prior with a deterministic x-only encoder part (``model.features``, e.g.
+        the RVAE's LSTMs over x), compute it once per iteration, right after the E-step's Adam update,
+        and replay it in that iteration's M-step sample and in the next E-step (both see the same
+        encoder weights and the same x). Exact: the outputs equal ``False`` (the reference, which runs
+        it twice) up to float rounding. Used only when ``n_epochs_estep = 1``.
       record: if True, ``SEVEMInfo.trace`` holds the E-step posterior/prior statistics and the M-step
         speech variances (memory grows with N x F per iteration under :func:`~vdvae_jax.inference.base.run`).
     """
@@ -138,6 +143,7 @@ class SEVEMConfig:
     adam_eps: float = 1e-8
     split_rnn_bias: bool = True
     trainable: tuple[str, ...] | None = None
+    reuse_features: bool = True
     record: bool = False
 
     def __post_init__(self):
@@ -183,6 +189,8 @@ class SEVEMState(NamedTuple):
       opt_state: Adam state over the trainable layers.
       W: NMF dictionary (F, K). H: activations (K, N). g: per-frame gains (N,).
       iteration: number of completed iterations.
+      features: ``model.features(params, P, mask)`` for these params when reused (see
+        ``SEVEMConfig.reuse_features``), else None. Recompute it if you replace ``params``.
     """
 
     params: Any
@@ -191,6 +199,7 @@ class SEVEMState(NamedTuple):
     H: jax.Array
     g: jax.Array
     iteration: jax.Array
+    features: Any = None
 
 
 class SEVEMInfo(NamedTuple):
@@ -293,6 +302,10 @@ def make_se_vem(model, config: SEVEMConfig = VB_SETTINGS) -> Algorithm:
     adam = optax.adam(c.lr, b1=c.adam_b1, b2=c.adam_b2, eps=c.adam_eps)
     z_dim = model.config.z_dim
     mode = {"use_pred": c.use_pred} if model.name == "srnn_ss" else {}
+    reuse = c.reuse_features and model.features is not None and c.n_epochs_estep == 1
+
+    def features(params, data):
+        return model.features(params, data.power, data.mask) if reuse else None
 
     # torch keeps an LSTM's bias as two parameters (b_ih, b_hh) with identical gradients, so Adam
     # moves their sum twice as far as it moves our single summed bias.
@@ -317,18 +330,20 @@ def make_se_vem(model, config: SEVEMConfig = VB_SETTINGS) -> Algorithm:
             raise ValueError(f"W {W.shape}, H {H.shape}, g {g.shape} do not match F={f}, N={n}, "
                              f"K={c.nmf_rank}")
         params = jax.tree.map(jnp.asarray, params)
-        return SEVEMState(params, optimizer(params).init(params), W, H, g, jnp.zeros((), jnp.int32))
+        return SEVEMState(params, optimizer(params).init(params), W, H, g, jnp.zeros((), jnp.int32),
+                          features(params, data))
 
-    def speech_variance(params, x, eps, coin, frame_mask):
+    def speech_variance(params, x, eps, coin, frame_mask, feats=None):
         """``exp(y)`` and the model outputs for one pass on ``x`` (N, [R,] F); ``frame_mask`` (N,)
-        or None keeps padding out of the anti-causal scans."""
+        or None keeps padding out of the anti-causal scans; ``feats``: replayed ``model.features``."""
         valid = None if frame_mask is None else jnp.broadcast_to(
             jnp.asarray(frame_mask, bool).reshape((-1,) + (1,) * (x.ndim - 2)), x.shape[:-1])
-        out = model.forward(params, x, {"z": eps, "coin": coin}, mask=valid, **mode)
+        kw = {} if feats is None else {"features": feats}
+        out = model.forward(params, x, {"z": eps, "coin": coin}, mask=valid, **kw, **mode)
         return jnp.exp(out.x_out.logvar), out
 
-    def estep_objective(params, P, eps, coin, WH_t, g, m, frame_mask):
-        vs, out = speech_variance(params, P, eps, coin, frame_mask)
+    def estep_objective(params, P, eps, coin, WH_t, g, m, frame_mask, feats):
+        vs, out = speech_variance(params, P, eps, coin, frame_mask, feats)
         V = g[:, None] * vs + WH_t
         V = jnp.where(m[:, None] > 0, V, 1.0)
         recon = jnp.sum(m[:, None] * (P / V + jnp.log(V)))
@@ -352,7 +367,7 @@ def make_se_vem(model, config: SEVEMConfig = VB_SETTINGS) -> Algorithm:
             params, opt_state = carry
             eps, coin = xs
             (loss, (kl, q, p)), grads = jax.value_and_grad(estep_objective, has_aux=True)(
-                params, P, eps, coin, WH_t, state.g, m, data.mask)
+                params, P, eps, coin, WH_t, state.g, m, data.mask, state.features if reuse else None)
             updates, opt_state = opt.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), (loss, kl, q, p)
 
@@ -363,8 +378,9 @@ def make_se_vem(model, config: SEVEMConfig = VB_SETTINGS) -> Algorithm:
         r = c.n_samples_estep
         m_eps = _draw(noise, "mstep_z", (n, r, z_dim), "normal")
         m_coin = _draw(noise, "mstep_coin", (n, r), "uniform", default=0.0)
+        feats = features(params, data)
         vs, _ = speech_variance(params, jnp.broadcast_to(P[:, None, :], (n, r, f)), m_eps, m_coin,
-                                data.mask)
+                                data.mask, _per_sample(feats, r))
 
         W, H, g, loss = m_step(P, vs, state.W, state.H, state.g, data.mask, exponent=c.nmf_exponent)
 
@@ -372,11 +388,16 @@ def make_se_vem(model, config: SEVEMConfig = VB_SETTINGS) -> Algorithm:
         if c.record:
             trace = {"estep_q_mean": q.mean, "estep_q_logvar": q.logvar, "estep_p_mean": p.mean,
                      "estep_p_logvar": p.logvar, "mstep_vs": vs}
-        new_state = SEVEMState(params, opt_state, W, H, g, state.iteration + 1)
+        new_state = SEVEMState(params, opt_state, W, H, g, state.iteration + 1, feats)
         return new_state, SEVEMInfo(loss, e_loss[-1], e_kl[-1], trace)
 
     algorithm = Algorithm(init, step)
     return algorithm
+
+
+def _per_sample(features, r: int):
+    """``model.features`` of (N, F) data broadcast to the (N, R, F) of R samples (None stays None)."""
+    return jax.tree.map(lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], r) + a.shape[1:]), features)
 
 
 def m_step(power, vs, W, H, g, mask=None, *, exponent: float = 0.5):
@@ -418,6 +439,8 @@ def wiener_filter(model, config: SEVEMConfig, noise, state: SEVEMState, data: SE
     eps = _draw(noise, "z", (n, r, model.config.z_dim), "normal")
     coin = _draw(noise, "coin", (n, r), "uniform", default=0.0)
     valid = None if data.mask is None else jnp.broadcast_to(jnp.asarray(data.mask, bool)[:, None], (n, r))
+    if state.features is not None:   # the state's own replay of model.features (SEVEMConfig.reuse_features)
+        mode["features"] = _per_sample(state.features, r)
     out = model.forward(state.params, jnp.broadcast_to(P[:, None, :], (n, r, f)),
                         {"z": eps, "coin": coin}, mask=valid, **mode)
     vs = jnp.exp(out.x_out.logvar)  # (N, R, F)

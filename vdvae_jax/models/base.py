@@ -143,6 +143,10 @@ class DVAE(NamedTuple):
       decode: ``(params, z, x) -> Gaussian`` over x (``x`` feeds autoregressive decoders; ignored by
         models whose decoder depends on z only).
       prior: ``(params, z, x) -> Gaussian`` over z at the sampled past.
+      features: optional ``(params, x, mask=None) -> feats``, the deterministic x-only part of the
+        encoder (a pytree); a model that has it also takes ``forward(..., features=feats)``, which
+        replays that part instead of recomputing it (same outputs and gradients, provided ``feats``
+        came from the same params, x and mask). None for models without such a part.
     """
 
     name: str
@@ -152,6 +156,7 @@ class DVAE(NamedTuple):
     encode: Callable
     decode: Callable
     prior: Callable
+    features: Callable | None = None
 
     def loss(self, params, x, noise, *, beta=1.0, **mode) -> tuple[jax.Array, LossTerms]:
         """Per-frame negative ELBO of one sequence (see :func:`loss_from_outputs`)."""

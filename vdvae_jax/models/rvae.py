@@ -30,11 +30,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from vdvae_jax.distributions import standard_normal_like
+from vdvae_jax.distributions import Gaussian, standard_normal_like
 from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, draw_step, network_input, step_noise
 from vdvae_jax.models.heads import decoder_head, gaussian_head, init_decoder_head, init_gaussian_head
-from vdvae_jax.nn.layers import (MLP, lstm_init, lstm_project, lstm_scan, lstm_step, mlp, mlp_out_dim,
-                                 zero_carry)
+from vdvae_jax.nn.layers import (MLP, _lstm_cell, lstm_init, lstm_project, lstm_scan, lstm_scan_residuals,
+                                 lstm_step, mlp, mlp_out_dim, zero_carry)
 
 __all__ = ["RVAEConfig", "make_rvae"]
 
@@ -57,6 +57,84 @@ class RVAEConfig(DVAEConfig):
     dense_z_h: tuple[int, ...] = ()
     dim_rnn_h: int = 128
     dense_h_x: tuple[int, ...] = ()
+
+
+def _z_chain_forward(weights, g_x, eps, keep: bool):
+    """The encoder's z chain: :math:`g^z_t = \\mathrm{LSTM}(z_{t-1}, g^z_{t-1})`,
+    :math:`[\\mu_t, \\log\\sigma^2_t] = [g^x_t, g^z_t] [W_\\mu, W_\\sigma] + b`,
+    :math:`z_t = \\mu_t + \\varepsilon_t \\sigma_t`, with :math:`z_0 = 0` and a zero LSTM state.
+    Returns ``(z, mean, logvar, g_z)`` (T, ..., ·), plus the backward pass's residuals when ``keep``."""
+    k_ih, k_hh, bias, w_mean, b_mean, w_logvar, b_logvar = weights
+    batch, hidden = g_x.shape[1:-1], k_hh.shape[0]
+
+    def step(carry, inputs):
+        state, z_prev = carry
+        g_x_t, eps_t = inputs
+        new, acts = _lstm_cell(k_hh, state, z_prev @ k_ih + bias)
+        h = jnp.concatenate([g_x_t, new[0]], axis=-1)
+        mean, logvar = h @ w_mean + b_mean, h @ w_logvar + b_logvar
+        std = jnp.exp(0.5 * logvar)
+        z = mean + eps_t * std
+        out = (z, mean, logvar, new[0])
+        return (new, z), ((out, (z_prev, state, acts, std)) if keep else out)
+
+    carry0 = (zero_carry(batch, hidden, g_x.dtype), jnp.zeros(batch + (k_ih.shape[0],), g_x.dtype))
+    return jax.lax.scan(step, carry0, (g_x, eps))[1]
+
+
+@jax.custom_vjp
+def _z_chain(weights, g_x, eps):
+    return _z_chain_forward(weights, g_x, eps, keep=False)
+
+
+def _z_chain_fwd(weights, g_x, eps):
+    out, res = _z_chain_forward(weights, g_x, eps, keep=True)
+    return out, (weights, g_x, eps, out[3], res)
+
+
+def _z_chain_bwd(res, cts):
+    """Backward scan over the per-frame gradients only; every weight gradient is then one product over
+    all frames (:math:`\\partial W = \\sum_t u_t^\\top \\partial a_t` for a layer
+    :math:`a = u W + b`), as in :func:`vdvae_jax.nn.layers.lstm_scan`, instead of autodiff's per-frame
+    updates of every weight's accumulator."""
+    weights, g_x, eps, g_z, (z_prev, (h_prev, c_prev), (i, f, g, o, tc), std) = res
+    k_ih, k_hh, _, w_mean, _, w_logvar, _ = weights
+    d_z_out, d_mean_out, d_logvar_out, d_gz_out = cts
+    n_x = g_x.shape[-1]
+    w_heads_h = jnp.concatenate([w_mean[n_x:], w_logvar[n_x:]], axis=-1).T   # (2Z, H)
+
+    def step(carry, inputs):
+        d_h_next, d_c_next, d_z_next = carry
+        d_z, d_mean, d_logvar, d_gz, i_t, f_t, g_t, o_t, tc_t, cp, std_t, eps_t = inputs
+        d_z = d_z + d_z_next
+        d_mean = d_mean + d_z
+        d_logvar = d_logvar + 0.5 * d_z * eps_t * std_t
+        d_h = d_h_next + d_gz + jnp.concatenate([d_mean, d_logvar], axis=-1) @ w_heads_h
+        d_c = d_c_next + d_h * o_t * (1.0 - tc_t * tc_t)
+        d_gates = jnp.concatenate([d_c * g_t * i_t * (1.0 - i_t), d_c * cp * f_t * (1.0 - f_t),
+                                   d_c * i_t * (1.0 - g_t * g_t), d_h * tc_t * o_t * (1.0 - o_t)], axis=-1)
+        return (d_gates @ k_hh.T, d_c * f_t, d_gates @ k_ih.T), (d_gates, d_mean, d_logvar)
+
+    zero = jnp.zeros_like(h_prev[0])
+    carry0 = (zero, zero, jnp.zeros_like(z_prev[0]))
+    _, (d_gates, d_mean, d_logvar) = jax.lax.scan(
+        step, carry0, (d_z_out, d_mean_out, d_logvar_out, d_gz_out, i, f, g, o, tc, c_prev, std, eps),
+        reverse=True)
+    frames = list(range(g_x.ndim - 1))
+
+    def summed(u, d):   # sum_t u_t^T d_t over time and batch axes
+        return jnp.tensordot(u, d, axes=(frames, frames))
+
+    h = jnp.concatenate([g_x, g_z], axis=-1)
+    d_weights = (summed(z_prev, d_gates), summed(h_prev, d_gates), jnp.sum(d_gates, axis=tuple(frames)),
+                 summed(h, d_mean), jnp.sum(d_mean, axis=tuple(frames)),
+                 summed(h, d_logvar), jnp.sum(d_logvar, axis=tuple(frames)))
+    d_g_x = d_mean @ w_mean[:n_x].T + d_logvar @ w_logvar[:n_x].T
+    d_eps = (d_mean - d_mean_out) * std
+    return d_weights, d_g_x, d_eps
+
+
+_z_chain.defvjp(_z_chain_fwd, _z_chain_bwd)
 
 
 def make_rvae(config: RVAEConfig = RVAEConfig()) -> DVAE:
@@ -88,12 +166,29 @@ def make_rvae(config: RVAEConfig = RVAEConfig()) -> DVAE:
         params.update(init_decoder_head(next(k), mlp_out_dim(h_dim, c.dense_h_x), c))
         return params
 
-    def encode_full(params, x, noise, mask=None):
-        a = mlp(params.get("mlp_x_gx"), network_input(c, x), c.dense_x_gx, c.activation)
-        g_x = jnp.concatenate([lstm_scan(params["rnn_g_x"][d], a, reverse=(d == "backward"), mask=mask)
+    def x_input(params, x):
+        return mlp(params.get("mlp_x_gx"), network_input(c, x), c.dense_x_gx, c.activation)
+
+    def features(params, x, mask=None):
+        """The LSTM passes over x (:math:`g^x`), kept for ``forward(..., features=...)``."""
+        a = x_input(params, x)
+        return {d: lstm_scan_residuals(params["rnn_g_x"][d], a, reverse=(d == "backward"), mask=mask)
+                for d in enc_dirs}
+
+    def encode_full(params, x, noise, mask=None, feats=None):
+        a = x_input(params, x)
+        g_x = jnp.concatenate([lstm_scan(params["rnn_g_x"][d], a, reverse=(d == "backward"), mask=mask,
+                                         residuals=None if feats is None else feats[d])
                                for d in enc_dirs], axis=-1)
         p_gz = params["rnn_g_z"]["forward"]
         batch = x.shape[1:-1]
+        if not (c.dense_z_gz or c.dense_g_z):   # the speech priors: hand-written backward pass
+            keys_or_eps = step_noise(noise, "z", x.shape[0])
+            eps = jax.vmap(lambda n: draw_step(n, batch + (c.z_dim,)))(keys_or_eps)
+            weights = (p_gz["kernel_ih"], p_gz["kernel_hh"], p_gz["bias"], params["inf_mean"]["kernel"],
+                       params["inf_mean"]["bias"], params["inf_logvar"]["kernel"], params["inf_logvar"]["bias"])
+            z, mean, logvar, g_z = _z_chain(weights, g_x, eps.astype(g_x.dtype))
+            return z, Gaussian(mean, logvar), {"rnn_g_x": g_x, "rnn_g_z": g_z}
 
         def step(carry, inputs):
             state, z_prev = carry
@@ -126,10 +221,11 @@ def make_rvae(config: RVAEConfig = RVAEConfig()) -> DVAE:
     def prior(params, z, x=None):
         return standard_normal_like(z)
 
-    def forward(params, x, noise, *, mask=None):
-        """Full pass; ``mask`` (T, [B]) marks valid frames of end-padded sequences."""
-        z, q, extras = encode_full(params, x, noise, mask)
+    def forward(params, x, noise, *, mask=None, features=None):
+        """Full pass; ``mask`` (T, [B]) marks valid frames of end-padded sequences; ``features`` from
+        ``features(params, x, mask)`` replays the encoder's passes over x."""
+        z, q, extras = encode_full(params, x, noise, mask, features)
         x_out, h = decode_full(params, z, mask)
         return Outputs(z, q, prior(params, z), x_out, {**extras, "rnn_h": h})
 
-    return DVAE("rvae_causal" if c.causal else "rvae", c, init, forward, encode, decode, prior)
+    return DVAE("rvae_causal" if c.causal else "rvae", c, init, forward, encode, decode, prior, features)

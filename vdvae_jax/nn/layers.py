@@ -24,7 +24,7 @@ models were trained with them.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -47,6 +47,8 @@ __all__ = [
     "lstm_project",
     "lstm_step",
     "lstm_scan",
+    "lstm_scan_residuals",
+    "LSTMResiduals",
     "zero_carry",
     "rnn_step",
     "rnn_scan",
@@ -285,7 +287,62 @@ def _lstm_recurrence_bwd(reverse, res, d_hs):
 _lstm_recurrence.defvjp(_lstm_recurrence_fwd, _lstm_recurrence_bwd)
 
 
-def lstm_scan(params, xs: jax.Array, *, reverse: bool = False, carry=None, mask=None) -> jax.Array:
+class LSTMResiduals(NamedTuple):
+    """What :func:`lstm_scan_residuals` keeps of one LSTM direction's pass, all time-major (T, ..., H):
+    the hidden states ``hs``, the state ``prev = (h, c)`` entering every frame and the activations
+    ``acts = (i, f, g, o, tanh c')``."""
+
+    hs: jax.Array
+    prev: tuple
+    acts: tuple
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _lstm_replay(params, xs, carry, mask, reverse, residuals):
+    return residuals.hs
+
+
+def _lstm_replay_fwd(params, xs, carry, mask, reverse, residuals):
+    return residuals.hs, (params, xs, residuals, mask)
+
+
+def _lstm_replay_bwd(reverse, res, d_hs):
+    """The backward pass of :func:`lstm_scan` from stored residuals; the input projection's gradients
+    are computed here too, so the replayed forward pass has no matrix product left at all."""
+    params, xs, residuals, mask = res
+    d_kernel_hh, d_gates, d_carry, _ = _lstm_recurrence_bwd(
+        reverse, (params["kernel_hh"], residuals.prev, residuals.acts, mask), d_hs)
+    frames = list(range(xs.ndim - 1))
+    d_params = {"kernel_ih": jnp.tensordot(xs, d_gates, axes=(frames, frames)), "kernel_hh": d_kernel_hh,
+                "bias": jnp.sum(d_gates, axis=tuple(frames))}
+    return d_params, d_gates @ params["kernel_ih"].T, d_carry, None, jax.tree.map(jnp.zeros_like, residuals)
+
+
+_lstm_replay.defvjp(_lstm_replay_fwd, _lstm_replay_bwd)
+
+
+def _check_carry_mask(params, xs, carry, mask):
+    if carry is None:
+        dtype = jnp.result_type(xs, params["kernel_ih"])
+        carry = zero_carry(xs.shape[1:-1], params["kernel_hh"].shape[0], dtype)
+    return carry, None if mask is None else jnp.asarray(mask, bool)
+
+
+def lstm_scan_residuals(params, xs: jax.Array, *, reverse: bool = False, carry=None,
+                        mask=None) -> LSTMResiduals:
+    """:func:`lstm_scan`'s forward pass, keeping what its backward pass needs.
+
+    ``lstm_scan(params, xs, ..., residuals=lstm_scan_residuals(params, xs, ...))`` with the same
+    ``params``, ``xs``, ``reverse``, ``carry`` and ``mask`` returns the same hidden states and the same
+    gradients without running the pass again (neither the recurrence nor the input projection). For callers that run one pass twice with the same weights, e.g. SE-VEM, whose
+    M-step sample and next E-step see the same encoder."""
+    carry, mask = _check_carry_mask(params, xs, carry, mask)
+    gates = lstm_project(params, xs)
+    return LSTMResiduals(*_lstm_forward(params["kernel_hh"], gates, carry, mask, reverse, keep=True))
+
+
+def lstm_scan(params, xs: jax.Array, *, reverse: bool = False, carry=None, mask=None,
+              residuals: LSTMResiduals | None = None) -> jax.Array:
     """Run one LSTM direction over time-major ``xs`` (T, ..., in); returns hidden states (T, ..., H).
 
     Axes between time and features are batch axes. The input projection is one matrix product for
@@ -300,14 +357,18 @@ def lstm_scan(params, xs: jax.Array, *, reverse: bool = False, carry=None, mask=
     recurrent kernel's gradient to one product after the loop; autodiff of the plain scan would update an
     (H, 4H) accumulator at every frame, a memory-bound step, slowest when every sequence has its own
     weights (``python benchmarks/bench_lstm_grad.py`` compares the two).
+
+    ``residuals`` (from :func:`lstm_scan_residuals` on the same arguments) replays a pass already run:
+    its hidden states are returned as they are, and gradients flow through them as through the pass.
     """
-    hidden = params["kernel_hh"].shape[0]
-    gates = lstm_project(params, xs)
-    if carry is None:
-        carry = zero_carry(xs.shape[1:-1], hidden, gates.dtype)
-    if mask is not None:
-        mask = jnp.asarray(mask, bool)
-    return _lstm_recurrence(params["kernel_hh"], gates, carry, mask, reverse)
+    carry, mask = _check_carry_mask(params, xs, carry, mask)
+    if residuals is not None:
+        if residuals.hs.shape[:-1] != xs.shape[:-1]:
+            raise ValueError(f"residuals are for frames and batch {residuals.hs.shape[:-1]}, "
+                             f"xs has {xs.shape[:-1]}")
+        return _lstm_replay({k: params[k] for k in ("kernel_ih", "kernel_hh", "bias")}, xs, carry, mask,
+                            reverse, residuals)
+    return _lstm_recurrence(params["kernel_hh"], lstm_project(params, xs), carry, mask, reverse)
 
 
 def rnn_step(params, h, gates_x):
