@@ -432,7 +432,8 @@ def test_rvae_z_chain_hand_written_backward_matches_autodiff():
     weights = tuple(0.4 * jax.random.normal(kk, s) for kk, s in zip(k, shapes))
     g_x = jax.random.normal(k[7], (t, 2, gx_dim))
     eps = jax.random.normal(k[8], (t, 2, z_dim))
-    w_out = [jax.random.normal(kk, (t, 2, d)) for kk, d in zip(jax.random.split(k[9], 4), (z_dim, z_dim, z_dim, hidden))]
+    w_out = [jax.random.normal(kk, (t, 2, d))
+             for kk, d in zip(jax.random.split(k[9], 4), (z_dim, z_dim, z_dim, hidden))]
 
     def loss(chain):
         return lambda w, gx, e: sum(jnp.sum(a * jnp.sin(o)) for a, o in zip(w_out, chain(w, gx, e)))

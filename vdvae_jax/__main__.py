@@ -183,6 +183,9 @@ COMMANDS = {
 
 
 def main(argv=None) -> int:
+    from vdvae_jax.runtime import prefer_wide_cpu_vectors
+
+    prefer_wide_cpu_vectors()   # before the first JAX computation (see vdvae_jax.runtime)
     ap = argparse.ArgumentParser(prog="python -m vdvae_jax", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -192,9 +195,6 @@ def main(argv=None) -> int:
 
     add_tracking(sub)  # track, evaluate-mot (each sets ``func``)
     args = ap.parse_args(argv)
-    from vdvae_jax.runtime import prefer_wide_cpu_vectors
-
-    prefer_wide_cpu_vectors()   # before the first JAX computation (see vdvae_jax.runtime)
     if getattr(args, "func", None) is not None:
         return args.func(args)
     return COMMANDS[args.command][2](args)

@@ -321,7 +321,7 @@ def _lstm_replay_bwd(reverse, res, d_hs):
 _lstm_replay.defvjp(_lstm_replay_fwd, _lstm_replay_bwd)
 
 
-def _check_carry_mask(params, xs, carry, mask):
+def _default_carry_and_mask(params, xs, carry, mask):
     if carry is None:
         dtype = jnp.result_type(xs, params["kernel_ih"])
         carry = zero_carry(xs.shape[1:-1], params["kernel_hh"].shape[0], dtype)
@@ -334,9 +334,10 @@ def lstm_scan_residuals(params, xs: jax.Array, *, reverse: bool = False, carry=N
 
     ``lstm_scan(params, xs, ..., residuals=lstm_scan_residuals(params, xs, ...))`` with the same
     ``params``, ``xs``, ``reverse``, ``carry`` and ``mask`` returns the same hidden states and the same
-    gradients without running the pass again (neither the recurrence nor the input projection). For callers that run one pass twice with the same weights, e.g. SE-VEM, whose
-    M-step sample and next E-step see the same encoder."""
-    carry, mask = _check_carry_mask(params, xs, carry, mask)
+    gradients without running the pass again (neither the recurrence nor the input projection). For
+    callers that run one pass twice with the same weights, e.g. SE-VEM, whose M-step sample and next
+    E-step see the same encoder."""
+    carry, mask = _default_carry_and_mask(params, xs, carry, mask)
     gates = lstm_project(params, xs)
     return LSTMResiduals(*_lstm_forward(params["kernel_hh"], gates, carry, mask, reverse, keep=True))
 
@@ -361,7 +362,7 @@ def lstm_scan(params, xs: jax.Array, *, reverse: bool = False, carry=None, mask=
     ``residuals`` (from :func:`lstm_scan_residuals` on the same arguments) replays a pass already run:
     its hidden states are returned as they are, and gradients flow through them as through the pass.
     """
-    carry, mask = _check_carry_mask(params, xs, carry, mask)
+    carry, mask = _default_carry_and_mask(params, xs, carry, mask)
     if residuals is not None:
         if residuals.hs.shape[:-1] != xs.shape[:-1]:
             raise ValueError(f"residuals are for frames and batch {residuals.hs.shape[:-1]}, "

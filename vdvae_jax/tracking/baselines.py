@@ -113,9 +113,11 @@ class KalmanConfig:
 
 # Moments of the synthetic pre-training trajectories, rounded:
 # fit_kalman_params(generate_trajectories(3000, seed=0)); used when nothing else is given.
-DEFAULT_KALMAN = KalmanParams(q_pos=jnp.array([6e-10, 1e-10, 6e-10, 1e-10]),
-                              q_vel=jnp.array([1.9e-7, 8.3e-8, 1.9e-7, 8.4e-8]),
-                              v0_var=jnp.array([4.6e-6, 2.0e-6, 4.6e-6, 3.6e-6]))
+# (numpy float32, as jnp.array would give: a JAX array here would start JAX's backend at import, before
+# vdvae_jax.runtime can set XLA flags.)
+DEFAULT_KALMAN = KalmanParams(q_pos=np.array([6e-10, 1e-10, 6e-10, 1e-10], np.float32),
+                              q_vel=np.array([1.9e-7, 8.3e-8, 1.9e-7, 8.4e-8], np.float32),
+                              v0_var=np.array([4.6e-6, 2.0e-6, 4.6e-6, 3.6e-6], np.float32))
 
 
 class KalmanSourceUpdate(NamedTuple):
@@ -129,7 +131,7 @@ class KalmanSourceUpdate(NamedTuple):
     loss: jax.Array
 
 
-_A = jnp.array([[1.0, 1.0], [0.0, 1.0]])
+_A = np.array([[1.0, 1.0], [0.0, 1.0]], np.float32)
 
 
 def kalman_smoother(lam, info, frame0, params: KalmanParams, *, t0_var: float = 1e-5, smooth: bool = True):
