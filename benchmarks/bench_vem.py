@@ -168,8 +168,10 @@ def bench_batch(tag, prior, config, n_utts, chunk, speech, noise, args, matmul, 
     flops, frame_loop_flops = dot_flops(se_vem_batch.batch_fn(model, config, chunk), params, X, mask,
                                         keys, frames=int(X.shape[1]))
     achieved = flops / steady
-    reference_flops, _ = dot_flops(se_vem_batch.batch_fn(model, dataclasses.replace(config, reuse_features=False),
-                                                         chunk), params, X, mask, keys, frames=int(X.shape[1]))
+    reference_flops = flops   # the reference's work: the same batch without feature reuse
+    if config.reuse_features:
+        reference_flops, _ = dot_flops(se_vem_batch.batch_fn(model, dataclasses.replace(config, reuse_features=False),
+                                                             chunk), params, X, mask, keys, frames=int(X.shape[1]))
     s_iter = steady / config.n_iter
     return {"bench": "se_vem_batch", "prior": tag, "config": args.config, "n_iter": config.n_iter,
             "nmf_rank": config.nmf_rank, "batch": n_utts, "chunk": chunk or n_utts, "devices": args.devices,

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 import timeit
 from typing import Callable
-
-import os
 
 import jax
 import jax.numpy as jnp

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 from vdvae_jax.distributions import Gaussian, standard_normal_like
 from vdvae_jax.models.base import DVAE, DVAEConfig, Outputs, draw_step, network_input, step_noise
 from vdvae_jax.models.heads import decoder_head, gaussian_head, init_decoder_head, init_gaussian_head
-from vdvae_jax.nn.layers import (MLP, _lstm_cell, lstm_init, lstm_project, lstm_scan, lstm_scan_residuals,
-                                 lstm_step, mlp, mlp_out_dim, zero_carry)
+from vdvae_jax.nn.layers import (MLP, _lstm_cell, _lstm_cell_bwd, _outer_over_frames, lstm_init, lstm_project,
+                                 lstm_scan, lstm_scan_residuals, lstm_step, mlp, mlp_out_dim, zero_carry)
 
 __all__ = ["RVAEConfig", "make_rvae"]
 
@@ -97,7 +97,7 @@ def _z_chain_bwd(res, cts):
     all frames (:math:`\\partial W = \\sum_t u_t^\\top \\partial a_t` for a layer
     :math:`a = u W + b`), as in :func:`vdvae_jax.nn.layers.lstm_scan`, instead of autodiff's per-frame
     updates of every weight's accumulator."""
-    weights, g_x, eps, g_z, (z_prev, (h_prev, c_prev), (i, f, g, o, tc), std) = res
+    weights, g_x, eps, g_z, (z_prev, (h_prev, c_prev), acts, std) = res
     k_ih, k_hh, _, w_mean, _, w_logvar, _ = weights
     d_z_out, d_mean_out, d_logvar_out, d_gz_out = cts
     n_x = g_x.shape[-1]
@@ -105,30 +105,23 @@ def _z_chain_bwd(res, cts):
 
     def step(carry, inputs):
         d_h_next, d_c_next, d_z_next = carry
-        d_z, d_mean, d_logvar, d_gz, i_t, f_t, g_t, o_t, tc_t, cp, std_t, eps_t = inputs
+        d_z, d_mean, d_logvar, d_gz, acts_t, cp, std_t, eps_t = inputs
         d_z = d_z + d_z_next
         d_mean = d_mean + d_z
         d_logvar = d_logvar + 0.5 * d_z * eps_t * std_t
         d_h = d_h_next + d_gz + jnp.concatenate([d_mean, d_logvar], axis=-1) @ w_heads_h
-        d_c = d_c_next + d_h * o_t * (1.0 - tc_t * tc_t)
-        d_gates = jnp.concatenate([d_c * g_t * i_t * (1.0 - i_t), d_c * cp * f_t * (1.0 - f_t),
-                                   d_c * i_t * (1.0 - g_t * g_t), d_h * tc_t * o_t * (1.0 - o_t)], axis=-1)
-        return (d_gates @ k_hh.T, d_c * f_t, d_gates @ k_ih.T), (d_gates, d_mean, d_logvar)
+        d_gates, d_c = _lstm_cell_bwd(d_h, d_c_next, cp, acts_t)
+        return (d_gates @ k_hh.T, d_c * acts_t[1], d_gates @ k_ih.T), (d_gates, d_mean, d_logvar)
 
     zero = jnp.zeros_like(h_prev[0])
     carry0 = (zero, zero, jnp.zeros_like(z_prev[0]))
     _, (d_gates, d_mean, d_logvar) = jax.lax.scan(
-        step, carry0, (d_z_out, d_mean_out, d_logvar_out, d_gz_out, i, f, g, o, tc, c_prev, std, eps),
-        reverse=True)
-    frames = list(range(g_x.ndim - 1))
-
-    def summed(u, d):   # sum_t u_t^T d_t over time and batch axes
-        return jnp.tensordot(u, d, axes=(frames, frames))
-
+        step, carry0, (d_z_out, d_mean_out, d_logvar_out, d_gz_out, acts, c_prev, std, eps), reverse=True)
+    frames = tuple(range(g_x.ndim - 1))
     h = jnp.concatenate([g_x, g_z], axis=-1)
-    d_weights = (summed(z_prev, d_gates), summed(h_prev, d_gates), jnp.sum(d_gates, axis=tuple(frames)),
-                 summed(h, d_mean), jnp.sum(d_mean, axis=tuple(frames)),
-                 summed(h, d_logvar), jnp.sum(d_logvar, axis=tuple(frames)))
+    d_weights = (_outer_over_frames(z_prev, d_gates), _outer_over_frames(h_prev, d_gates),
+                 jnp.sum(d_gates, axis=frames), _outer_over_frames(h, d_mean), jnp.sum(d_mean, axis=frames),
+                 _outer_over_frames(h, d_logvar), jnp.sum(d_logvar, axis=frames))
     d_g_x = d_mean @ w_mean[:n_x].T + d_logvar @ w_logvar[:n_x].T
     d_eps = (d_mean - d_mean_out) * std
     return d_weights, d_g_x, d_eps

@@ -214,6 +214,24 @@ def _lstm_cell(kernel_hh, carry, gates_x, *, matmul: Callable = concat_matmul,
     return (o * tc, c), (i, f, g, o, tc)
 
 
+def _lstm_cell_bwd(d_h, d_c, c_prev, acts):
+    """Backward pass of one :func:`_lstm_cell` step: from the gradients of its outputs h' and c' (the
+    latter without the path through h') and its activations ``acts = (i, f, g, o, tanh c')``, the
+    gradient of the gate pre-activations and the total gradient of c' (``d_c * f`` reaches c)."""
+    i, f, g, o, tc = acts
+    d_c = d_c + d_h * o * (1.0 - tc * tc)
+    d_gates = jnp.concatenate([d_c * g * i * (1.0 - i), d_c * c_prev * f * (1.0 - f),
+                               d_c * i * (1.0 - g * g), d_h * tc * o * (1.0 - o)], axis=-1)
+    return d_gates, d_c
+
+
+def _outer_over_frames(u, d):
+    """:math:`\\sum_t u_t^\\top d_t` over every axis but the last (time and batch): the weight gradient
+    of a layer :math:`a = u W` from the gradients ``d`` of its outputs, as one product."""
+    axes = list(range(u.ndim - 1))
+    return jnp.tensordot(u, d, axes=(axes, axes))
+
+
 def lstm_step(params, carry, gates_x: jax.Array, *, matmul: Callable = concat_matmul,
               sigmoid: Callable = jax.nn.sigmoid):
     """One LSTM step from precomputed input gates. ``carry = (h, c)``; returns ``((h, c), h)``.
@@ -258,30 +276,26 @@ def _lstm_recurrence_bwd(reverse, res, d_hs):
     """Backward scan over the gate gradients only; the kernel's gradient is then one product over all
     frames, :math:`\\partial K_{hh} = \\sum_t h_{t-1}^\\top \\partial z_t`, instead of a rank-1 update of
     an (H, 4H) accumulator per frame (and per sequence when vmapped over per-sequence weights)."""
-    kernel_hh, (h_prev, c_prev), (i, f, g, o, tc), mask = res
+    kernel_hh, (h_prev, c_prev), acts, mask = res
 
     def step(d_state, inputs):
         d_h_next, d_c_next = d_state
-        d_out, cp, i_t, f_t, g_t, o_t, tc_t, m = inputs
+        d_out, cp, acts_t, m = inputs
         if m is None:
             d_h, d_c = d_out + d_h_next, d_c_next
         else:
             keep = m[..., None]
             d_h, d_c = d_out + jnp.where(keep, d_h_next, 0.0), jnp.where(keep, d_c_next, 0.0)
-        d_c = d_c + d_h * o_t * (1.0 - tc_t * tc_t)
-        d_z = jnp.concatenate([d_c * g_t * i_t * (1.0 - i_t), d_c * cp * f_t * (1.0 - f_t),
-                               d_c * i_t * (1.0 - g_t * g_t), d_h * tc_t * o_t * (1.0 - o_t)], axis=-1)
-        d_h_prev, d_c_prev = d_z @ kernel_hh.T, d_c * f_t
+        d_z, d_c = _lstm_cell_bwd(d_h, d_c, cp, acts_t)
+        d_h_prev, d_c_prev = d_z @ kernel_hh.T, d_c * acts_t[1]
         if m is not None:
             d_h_prev = d_h_prev + jnp.where(keep, 0.0, d_h_next)
             d_c_prev = d_c_prev + jnp.where(keep, 0.0, d_c_next)
         return (d_h_prev, d_c_prev), d_z
 
     zero = jnp.zeros_like(d_hs[0])
-    d_carry, d_z = jax.lax.scan(step, (zero, zero), (d_hs, c_prev, i, f, g, o, tc, mask), reverse=not reverse)
-    n = h_prev.ndim
-    d_kernel = jnp.tensordot(h_prev, d_z, axes=(list(range(n - 1)), list(range(n - 1))))
-    return d_kernel, d_z, d_carry, None
+    d_carry, d_z = jax.lax.scan(step, (zero, zero), (d_hs, c_prev, acts, mask), reverse=not reverse)
+    return _outer_over_frames(h_prev, d_z), d_z, d_carry, None
 
 
 _lstm_recurrence.defvjp(_lstm_recurrence_fwd, _lstm_recurrence_bwd)
@@ -312,9 +326,8 @@ def _lstm_replay_bwd(reverse, res, d_hs):
     params, xs, residuals, mask = res
     d_kernel_hh, d_gates, d_carry, _ = _lstm_recurrence_bwd(
         reverse, (params["kernel_hh"], residuals.prev, residuals.acts, mask), d_hs)
-    frames = list(range(xs.ndim - 1))
-    d_params = {"kernel_ih": jnp.tensordot(xs, d_gates, axes=(frames, frames)), "kernel_hh": d_kernel_hh,
-                "bias": jnp.sum(d_gates, axis=tuple(frames))}
+    d_params = {"kernel_ih": _outer_over_frames(xs, d_gates), "kernel_hh": d_kernel_hh,
+                "bias": jnp.sum(d_gates, axis=tuple(range(xs.ndim - 1)))}
     return d_params, d_gates @ params["kernel_ih"].T, d_carry, None, jax.tree.map(jnp.zeros_like, residuals)
 
 
