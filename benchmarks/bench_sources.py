@@ -32,7 +32,9 @@ processes; the speed-ups are computed from CPU time and are approximate either w
   SC-ASS SRNN architecture (random weights of the same shapes), F = 513, T in ``--scass-lengths``
   (50 / 100 / 300). Reference: 0.51 / 1.03 / 4.18 s per iteration. With ``--devices N`` the mixtures are
   split over N devices through ``solve`` and an iteration is timed as (``--scass-iters`` + 1 iterations
-  minus 1 iteration) / ``--scass-iters``.
+  minus 1 iteration) / ``--scass-iters``. The reference settings, which compute the printed losses and
+  the ELBO every iteration as the reference does; ``--scass-no-losses`` times the same iteration without
+  them (``SCASSOptions(losses=False)``).
 
 ``--devices N`` on a CPU makes N CPU devices (``jax_num_cpu_devices``; one per core is the useful
 setting): each runs its share of the windows on one core, where one device leaves the second core
@@ -174,13 +176,14 @@ def bench_scass(args, out, config):
     rng = np.random.default_rng(0)
     params = mv.stack_params([make_srnn_scass(config).init(jax.random.key(s), jnp.zeros((3, config.x_dim)))
                               for s in range(2)])
-    alg = mv.scass_vem(config, mv.SCASSOptions.reference(), record=False, source_map=args.scass_source_map)
+    options = mv.SCASSOptions.reference(losses=not args.scass_no_losses)
+    alg = mv.scass_vem(config, options, record=False, source_map=args.scass_source_map)
     for T in args.scass_lengths:
         shape = (T, args.scass_batch, config.x_dim)
         mix = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
         data = mv.scass_data(params, mix)
         rec = {"bench": "scass_iter", "T": T, "batch": args.scass_batch, "sources": 2, "F": config.x_dim,
-               "devices": args.devices, "source_map": args.scass_source_map}
+               "devices": args.devices, "source_map": args.scass_source_map, "losses": options.losses}
         if args.devices == 1:   # one step, timed alone
             state = jax.jit(alg.init)(jax.random.key(0), data)
             c, wall, cpu, _ = _time(alg.step, jax.random.key(1), state, data, repeat=args.repeat)
@@ -216,6 +219,9 @@ def main(argv=None):
     ap.add_argument("--scass-source-map", default="vmap", choices=mv.SOURCE_MAPS,
                     help="scass: how the per-source update is mapped over the sources")
     ap.add_argument("--scass-iters", type=int, default=4, help="scass with --devices > 1: iterations timed")
+    ap.add_argument("--scass-no-losses", action="store_true",
+                    help="scass: SCASSOptions(losses=False), no printed losses / ELBO per iteration (the "
+                         "reference computes them, so the speed-up column is then not like for like)")
     ap.add_argument("--out", default=None, help="append the JSON lines to this file")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (< 30 s)")
     ap.add_argument("--xla-default", action="store_true",

@@ -217,7 +217,7 @@ def iteration_curve(config, priors, X, ms, cfg, options, n_iter, key):
     _, infos = solve(alg, key, scass_data(stack_params(priors), jnp.swapaxes(jnp.asarray(X), 0, 1)), n_iter)
     curve = []
     for i in range(n_iter):
-        y = _istft(jnp.transpose(infos.mu[i], (2, 0, 1, 3)), cfg)
+        y = _istft(jnp.transpose(infos.mu[i], (2, 1, 0, 3)), cfg)
         curve.append([float(v) for v in np.mean(np.asarray(si_sdr(ms.sources, y)), axis=0)])
     return {"si_sdr": curve, "elbo": [float(e) for e in infos.elbo]}
 

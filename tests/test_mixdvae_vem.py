@@ -86,11 +86,47 @@ def test_scass_stacked_different_priors_match_per_source_calls():
     update = jax.jit(ms.scass_source_update, static_argnums=1, static_argnames="complex_noise")
     for n, p in enumerate((p0, p1)):
         s0 = init(p, SC, power, {"z": init_noise["z"][n]})
-        np.testing.assert_allclose(state.s_power[n], s0, rtol=1e-5)
+        np.testing.assert_allclose(state.s_power[:, n], s0, rtol=1e-5)
         upd = update(p, SC, s0, 0.5, v_x, mix, jax.tree.map(lambda a: a[n], noise), complex_noise="uniform")
-        np.testing.assert_allclose(info.mu[n], upd.mu, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(info.mu[0], info.mu[1])
-    np.testing.assert_allclose(np.sum(info.eta, 0), 1.0, rtol=1e-6)
+        np.testing.assert_allclose(info.mu[:, n], upd.mu, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(info.mu[:, 0], info.mu[:, 1])
+    np.testing.assert_allclose(np.sum(info.eta, 1), 1.0, rtol=1e-6)
+
+
+def test_scass_reused_gates_equal_recomputed():
+    """SCASSOptions.reuse_gates: the E-Z input gates carried from the last E-S recursion are the gates of
+    the new encoder input (state invariant), and a run with them equals a run that recomputes them; a
+    given start power must have the (T, S, [B,] F) layout."""
+    from vdvae_jax.models.srnn_mixdvae import teacher_forced_gates
+
+    data = mv.scass_data(mv.stack_params([_sc_params(0), _sc_params(1)]), jnp.asarray(_mix(T=7, B=3)))
+    runs = {}
+    for reuse in (True, False):
+        alg = mv.scass_vem(SC, mv.SCASSOptions(reuse_gates=reuse))
+        runs[reuse] = mv.solve(alg, jax.random.key(5), data, 3)
+    (state, infos), (state_ref, infos_ref) = runs[True], runs[False]
+    assert state_ref.h_gates is None
+    for n in range(2):
+        params_n = jax.tree.map(lambda a: a[n], data.params)
+        np.testing.assert_allclose(state.h_gates[:, n], teacher_forced_gates(params_n, SC, state.s_power[:, n]),
+                                   rtol=1e-5, atol=1e-5)
+    _close((infos.mu, infos.eta, infos.elbo), (infos_ref.mu, infos_ref.eta, infos_ref.elbo), rtol=1e-4, atol=1e-5)
+    alg = mv.scass_vem(SC, mv.SCASSOptions())
+    start = alg.init(jax.random.key(0), data, s_power=state.s_power)
+    np.testing.assert_allclose(start.h_gates, state.h_gates, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="s_power must be"):
+        alg.init(jax.random.key(0), data, s_power=jnp.swapaxes(state.s_power, 0, 1))
+
+
+def test_scass_without_losses_gives_the_same_estimates():
+    """SCASSOptions(losses=False): the same posteriors, NaN printed losses and ELBO; refused with tol > 0."""
+    data = mv.scass_data(mv.stack_params([_sc_params(0), _sc_params(1)]), jnp.asarray(_mix(T=5, B=2)))
+    with_losses = mv.solve(mv.scass_vem(SC, mv.SCASSOptions()), jax.random.key(3), data, 2)[1]
+    without = mv.solve(mv.scass_vem(SC, mv.SCASSOptions(losses=False)), jax.random.key(3), data, 2)[1]
+    _close((without.mu, without.eta), (with_losses.mu, with_losses.eta), rtol=1e-6, atol=1e-7)
+    assert np.isnan(np.asarray(without.elbo)).all() and np.isfinite(np.asarray(with_losses.elbo)).all()
+    with pytest.raises(ValueError, match="needs losses=True"):
+        mv.SCASSOptions(losses=False, tol=1e-4)
 
 
 def test_ew_rows_sum_to_one_with_missing_detections():
@@ -272,12 +308,12 @@ def test_scass_one_pass_diagnostics_equal_the_term_by_term_definitions():
     state = alg.init(jax.random.key(0), data)
     state, info = jax.jit(alg.step)(jax.random.key(1), state, data)
     v_x = 0.03 * jnp.abs(mix) ** 2 + mv.SCASSOptions.reference().vx_floor
-    d = jnp.abs(mix[None] - state.mu) ** 2
-    log_beta = -jnp.log(v_x) - (d + state.v_phi) / v_x
+    d = jnp.abs(mix[:, None] - state.mu) ** 2                      # (T, S, B, F)
+    log_beta = -jnp.log(v_x[:, None]) - (d + state.v_phi) / v_x[:, None]
     floor = mv.SCASSOptions.reference().beta_floor
-    eta = jax.nn.softmax(jnp.logaddexp(log_beta, np.log(floor)) if floor > 0 else log_beta, axis=0)
+    eta = jax.nn.softmax(jnp.logaddexp(log_beta, np.log(floor)) if floor > 0 else log_beta, axis=1)
     np.testing.assert_allclose(state.eta, eta, rtol=1e-5, atol=1e-6)
-    q = mv.Gaussian(jax.random.normal(jax.random.key(3), (2, 6, 2, SC.z_dim)), jnp.full((2, 6, 2, SC.z_dim), -0.3))
+    q = mv.Gaussian(jax.random.normal(jax.random.key(3), (6, 2, 2, SC.z_dim)), jnp.full((6, 2, 2, SC.z_dim), -0.3))
     p = mv.Gaussian(jnp.zeros_like(q.mean), jnp.full(q.mean.shape, 0.2))
     v_theta = jnp.exp(jax.random.normal(jax.random.key(4), state.v_phi.shape))
     losses = jnp.arange(4.0)

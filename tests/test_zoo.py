@@ -467,3 +467,20 @@ def test_lstm_scan_replays_its_residuals():
                                 jax.grad(fresh, argnums=(0, 1, 2))(params, xs, carry), atol=1e-6)
     with pytest.raises(ValueError, match="residuals are for"):
         lstm_scan(params, xs[:4], mask=mask[:4], residuals=res)
+
+
+def test_lstm_scan_gates_equals_lstm_scan():
+    """lstm_scan_gates on lstm_project's gates: the same states and the same gradients as lstm_scan."""
+    from vdvae_jax.nn.layers import lstm_init, lstm_project, lstm_scan, lstm_scan_gates
+
+    k = jax.random.split(jax.random.key(13), 2)
+    params = lstm_init(k[0], 6, 5)
+    xs = jax.random.normal(k[1], (7, 3, 6))
+    mask = jnp.arange(7)[:, None] < jnp.array([7, 4, 2])
+    for reverse in (False, True):
+        plain = lambda p, x: jnp.sum(jnp.sin(lstm_scan(p, x, reverse=reverse, mask=mask)))  # noqa: E731
+        gated = lambda p, x: jnp.sum(jnp.sin(lstm_scan_gates(  # noqa: E731
+            p, lstm_project(p, x), reverse=reverse, mask=mask)))
+        np.testing.assert_allclose(gated(params, xs), plain(params, xs), rtol=1e-6)
+        chex.assert_trees_all_close(jax.grad(gated, argnums=(0, 1))(params, xs),
+                                    jax.grad(plain, argnums=(0, 1))(params, xs), atol=1e-6)

@@ -243,13 +243,14 @@ def _trace_scass(base, t, dtype):
              "u_im": jnp.asarray(t["it_u_imag"])}
     iterate = jax.jit(lambda s, d: run(alg, noise, s, d))
     # iterations from the recorded initial power (isolates the loop from the init's float32 noise) ...
-    recorded = state0._replace(s_power=jnp.swapaxes(jnp.asarray(t["s_power_init"]), 1, 2))
+    recorded = alg.init({"z": jnp.asarray(t["init_eps_z"])}, data,
+                        s_power=jnp.transpose(jnp.asarray(t["s_power_init"]), (2, 0, 1, 3)))
     _, info = iterate(recorded, data)
     # ... and end to end from our own initialisation
     _, info_e2e = iterate(state0, data)
-    init = {"s_power_init": np.swapaxes(state0.s_power, 1, 2)}
-    iters = {"mu_phi_s_iter": np.swapaxes(info.mu, 2, 3)}
-    e2e = {"mu_phi_s_iter": np.swapaxes(info_e2e.mu, 2, 3)}
+    init = {"s_power_init": np.transpose(state0.s_power, (1, 2, 0, 3))}     # (S, B, T, F) as recorded
+    iters = {"mu_phi_s_iter": np.transpose(info.mu, (0, 2, 3, 1, 4))}
+    e2e = {"mu_phi_s_iter": np.transpose(info_e2e.mu, (0, 2, 3, 1, 4))}
     return init, iters, info, e2e
 
 

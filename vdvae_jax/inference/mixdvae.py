@@ -11,12 +11,14 @@ API (stable; used by :mod:`vdvae_jax.tracking` and :mod:`vdvae_jax.separation`):
     # single-channel source separation: complex STFT mixture (T, [B,] F), one (different) prior per source
     alg   = scass_vem(config, SCASSOptions())            # or SCASSOptions.reference()
     data  = scass_data(stack_params([p_flute, p_speech]), mix)
-    state, infos = solve(alg, key, data, n_iter=70)     # infos.mu: (I, S, T, [B,] F) complex
+    state, infos = solve(alg, key, data, n_iter=70)     # infos.mu: (I, T, S, [B,] F) complex
 
     alg.init(key, data) -> state;  alg.step(key, state, data) -> (state, info)   (pure; see base.Algorithm)
     vmap_sequences(alg)  # the same algorithm vmapped over the batch axis (axis 1 of time-major data)
 
-Everything is time-major. Per-source arrays carry a leading source axis S. ``key`` is a typed key
+Everything is time-major. Per-source arrays carry a source axis S: leading for MOT (S, T, [B,] ·), right
+after time for SC-ASS (T, S, [B,] F), whose large arrays the vmapped per-source scans then read and write
+without transposing them. ``key`` is a typed key
 (``jax.random.key``) or, for conformance, a pytree of pre-drawn noise: per MOT step ``{"z": (S, T, [B,] Z)}``,
 per SC-ASS step ``{"z": (S, T, [B,] Z), "u_re", "u_im": (S, T, [B,] F)}``; MOT init ``{"z": (C, I0, S, Tc,
 [B,] Z)}`` (C chunks x I0 init iterations), SC-ASS init ``{"z": (S, T, [B,] Z)}``.
@@ -94,6 +96,7 @@ from jax.sharding import PartitionSpec as P
 from vdvae_jax.distributions import Gaussian, observation_nll
 from vdvae_jax.inference import mixdvae_source as ms
 from vdvae_jax.inference.base import Algorithm, jit_small, resolve_devices, run
+from vdvae_jax.models.srnn_mixdvae import teacher_forced_gates
 
 __all__ = [
     "MOTOptions", "SCASSOptions", "MOTData", "SCASSData", "MOTState", "SCASSState", "MOTInfo", "SCASSInfo",
@@ -104,6 +107,9 @@ __all__ = [
 SOURCE_MAPS = ("vmap", "map", "loop")
 _LOG2PI = math.log(2.0 * math.pi)
 _FINETUNE = ("off", "all", "encoder")
+# source axis of each field of a vmapped SCASSSourceUpdate: time-major arrays 1, per-source scalars 0
+_SCASS_UPDATE_AXES = ms.SCASSSourceUpdate(*(0 if f in ("recon", "kl", "loss") else 1
+                                            for f in ms.SCASSSourceUpdate._fields))
 _ENCODER_KEYS = ("mlp_gz_z", "inf_mean", "inf_logvar", "mlp_hx_g", "rnn_g")
 
 
@@ -159,6 +165,8 @@ class SCASSOptions:
     finetune: str = "off"
     finetune_lr: float = 1e-3
     tol: float = 0.0
+    reuse_gates: bool = True           # E-Z's h-chain input gates from the last E-S recursion (exact)
+    losses: bool = True                # printed losses and ELBO every iteration (False: NaN, ~1/6 faster)
 
     @classmethod
     def reference(cls, **overrides) -> "SCASSOptions":
@@ -168,6 +176,8 @@ class SCASSOptions:
         _check(self.complex_noise, ms.COMPLEX_NOISE, "complex_noise")
         _check(self.order, ("ew_first", "es_first"), "order")
         _check(self.finetune, _FINETUNE, "finetune")
+        if not self.losses and self.tol > 0:
+            raise ValueError("tol > 0 tests the ELBO every iteration: it needs losses=True")
 
 
 def _check(value, allowed, name):
@@ -215,7 +225,10 @@ class MOTState(NamedTuple):
 
 
 class SCASSState(NamedTuple):
-    """s_power (S, T, [B,] F): next encoder input (sampled power); eta, v_phi (S, T, [B,] F); mu complex."""
+    """Time-major with sources on axis 1: s_power (T, S, [B,] F), the next encoder input (sampled power);
+    eta, v_phi (T, S, [B,] F); mu complex; h_gates (T, S, [B,] 4H), the input gates of the encoder's h
+    chain on s_power (``SCASSOptions.reuse_gates``; else None). (The per-source update is vmapped over
+    axis 1, so its scans read and write these arrays in place, with no transposes.)"""
 
     s_power: jax.Array
     eta: jax.Array
@@ -226,6 +239,7 @@ class SCASSState(NamedTuple):
     elbo: jax.Array
     done: jax.Array
     iteration: jax.Array
+    h_gates: Any = None
 
 
 class MOTInfo(NamedTuple):
@@ -325,30 +339,43 @@ def _split_leading(key, n):
     return jax.random.split(key, n) if _is_key(key) else key
 
 
-def _map_sources(fn, params, params_axis, xs, S, mode):
-    """``stack_n fn(params_n, xs_n)`` with params shared (axis None) or stacked (axis 0)."""
+def _map_sources(fn, params, params_axis, xs, S, mode, xs_axes=0, out_axes=0):
+    """``stack_n fn(params_n, xs_n)`` with params shared (axis None) or stacked (axis 0); the source axis
+    of ``xs`` and of the outputs is ``xs_axes`` / ``out_axes`` (pytree prefixes, as ``jax.vmap``'s)."""
     if mode == "vmap":
-        return jax.vmap(fn, in_axes=(params_axis, 0))(params, xs)
-    pick = (lambda n: params) if params_axis is None else (lambda n: jax.tree.map(lambda a: a[n], params))
+        return jax.vmap(fn, in_axes=(params_axis, xs_axes), out_axes=out_axes)(params, xs)
+    if mode not in ("map", "loop"):
+        raise ValueError(f"source_map must be one of {SOURCE_MAPS}, got {mode!r}")
+    xs = _move_axes(xs, xs_axes)
     if mode == "map":
-        if params_axis is None:
-            return jax.lax.map(lambda x: fn(params, x), xs)
-        return jax.lax.map(lambda px: fn(*px), (params, xs))
-    if mode == "loop":
+        out = (jax.lax.map(lambda x: fn(params, x), xs) if params_axis is None
+               else jax.lax.map(lambda px: fn(*px), (params, xs)))
+    else:
+        pick = (lambda n: params) if params_axis is None else (lambda n: jax.tree.map(lambda a: a[n], params))
         outs = [fn(pick(n), jax.tree.map(lambda a: a[n], xs)) for n in range(S)]
-        return jax.tree.map(lambda *a: jnp.stack(a), *outs)
-    raise ValueError(f"source_map must be one of {SOURCE_MAPS}, got {mode!r}")
+        out = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    if isinstance(out_axes, int):
+        return _move_axes(out, out_axes, back=True)
+    return type(out)(*(_move_axes(o, ax, back=True) for o, ax in zip(out, out_axes)))
 
 
-def _softmax_sources(log_beta, floor):
-    """:math:`(\\beta_n + \\epsilon) / \\sum_m (\\beta_m + \\epsilon)` over sources (axis 0) from
+def _move_axes(tree, axes, back=False):
+    """Every leaf's axis ``axes`` (an int or a pytree prefix of ints) to the front, or (``back``) from the
+    front to there."""
+    def move(ax, sub):
+        return jax.tree.map(lambda a: jnp.moveaxis(a, 0, ax) if back else jnp.moveaxis(a, ax, 0), sub)
+    return move(axes, tree) if isinstance(axes, int) else jax.tree.map(move, axes, tree)
+
+
+def _softmax_sources(log_beta, floor, axis=0):
+    """:math:`(\\beta_n + \\epsilon) / \\sum_m (\\beta_m + \\epsilon)` over sources (``axis``) from
     :math:`\\log\\beta`, shifted by :math:`M = \\max(\\max_n \\log\\beta_n, \\log\\epsilon)` so that nothing
     overflows: one exponential per element (a log-domain ``logaddexp`` then softmax costs three)."""
     if floor <= 0:
-        return jax.nn.softmax(log_beta, axis=0)
-    shift = jnp.maximum(jnp.max(log_beta, axis=0), math.log(floor))
+        return jax.nn.softmax(log_beta, axis=axis)
+    shift = jnp.maximum(jnp.max(log_beta, axis=axis, keepdims=True), math.log(floor))
     e = jnp.exp(log_beta - shift) + jnp.exp(math.log(floor) - shift)
-    return e / jnp.sum(e, axis=0)
+    return e / jnp.sum(e, axis=axis, keepdims=True)
 
 
 def _freeze(done, new, old):
@@ -659,16 +686,26 @@ def mot_vem(config, options: MOTOptions = MOTOptions(), *, params_stacked: bool 
 
 
 def scass_assignment(mix, v_x, mu, v_phi, floor):
-    """E-W for SC-ASS: :math:`\\eta = \\mathrm{softmax}_n[-\\log v - (|x-\\mu_n|^2 + v^\\phi_n)/v]`, (S, T, [B,] F)."""
-    return _softmax_sources(-_scass_cost(mix, v_x, mu, v_phi), floor)
+    """E-W for SC-ASS: :math:`\\eta = \\mathrm{softmax}_n[-\\log v - (|x-\\mu_n|^2 + v^\\phi_n)/v]`, (T, S, [B,] F)
+    from the mixture ``mix`` and ``v_x`` (T, [B,] F) and the per-source ``mu``, ``v_phi`` (T, S, [B,] F)."""
+    return _softmax_sources(-_scass_cost(mix, v_x, mu, v_phi), floor, axis=1)
+
+
+def _bins(a):
+    """A mixture-level array (T, [B,] F) against per-source arrays (T, S, [B,] F)."""
+    return a[:, None]
 
 
 def _scass_cost(mix, v_x, mu, v_phi):
-    """:math:`c_{ftn} = \\log v_{ft} + (|x_{ft}-\\mu_{ftn}|^2 + v^\\phi_{ftn})/v_{ft}`, (S, T, [B,] F): the
+    """:math:`c_{ftn} = \\log v_{ft} + (|x_{ft}-\\mu_{ftn}|^2 + v^\\phi_{ftn})/v_{ft}`, (T, S, [B,] F): the
     expected negative log-likelihood of the mixture under a source up to :math:`\\log\\pi`, shared by E-W,
     the ELBO and the printed losses."""
-    d = mix[None] - mu
-    return jax.lax.optimization_barrier(jnp.log(v_x) + (jnp.real(d) ** 2 + jnp.imag(d) ** 2 + v_phi) / v_x)
+    d = _bins(mix) - mu
+    # log v and 1/v once per bin (materialised: fused into the per-source producer, XLA would recompute
+    # them for every source)
+    log_v, inv_v = jax.lax.optimization_barrier((jnp.log(v_x), 1.0 / v_x))
+    return jax.lax.optimization_barrier(
+        _bins(log_v) + (jnp.real(d) ** 2 + jnp.imag(d) ** 2 + v_phi) * _bins(inv_v))
 
 
 def _scass_diagnostics(eta, cost, mu, v_phi, v_theta, q: Gaussian, p: Gaussian, dvae_losses):
@@ -678,52 +715,58 @@ def _scass_diagnostics(eta, cost, mu, v_phi, v_theta, q: Gaussian, p: Gaussian, 
 
     Each term is its own full reduction, which XLA fuses with the term's elementwise producer; one
     reduction of the stacked terms (as :func:`_mot_diagnostics` does with its 4-coordinate arrays)
-    materialised the seven (S, T, B, F) terms first (2.7x slower on XLA:CPU)."""
-    S, F = eta.shape[0], eta.shape[-1]
-    bt = math.prod(mu.shape[1:-1])
-    wrong = -jnp.sum(eta, axis=0)[None] * cost          # the reference's eta broadcast (spec §7.2 #19)
-    sums = [jnp.sum(term) for term in (
-        eta * cost, eta * jnp.log(eta + 1e-10), _xlogx(eta), jnp.log(v_phi),
+    materialised the (T, S, B, F) terms first (2.7x slower on XLA:CPU).
+
+    The entropy :math:`H[q(w)] = -\\sum \\eta\\log\\eta` reuses the printed loss's
+    :math:`\\sum \\eta\\log(\\eta + 10^{-10})` (one logarithm per element less): per element the two differ by
+    :math:`\\eta\\log(1 + 10^{-10}/\\eta) \\in [0, 10^{-10}]`, so the ELBO moves by at most :math:`10^{-10}`
+    per assignment probability, far below its float32 resolution."""
+    S, F = eta.shape[1], eta.shape[-1]
+    bt = eta.size // (S * F)
+    wrong = -jnp.sum(eta, axis=1, keepdims=True) * cost   # the reference's eta broadcast (spec §7.2 #19)
+    eta_cost, eta_log_eta, log_v_phi, dvae_s, wrong, eta_total = (jnp.sum(term) for term in (
+        eta * cost, eta * jnp.log(eta + 1e-10), jnp.log(v_phi),
         jnp.log(v_theta) + (jnp.real(mu) ** 2 + jnp.imag(mu) ** 2 + v_phi) / v_theta,
-        jnp.where(jnp.isfinite(wrong), wrong, 0.0), eta)]
+        jnp.where(jnp.isfinite(wrong), wrong, 0.0), eta))
     kl = 0.5 * jnp.sum(p.logvar - q.logvar + (jnp.exp(q.logvar) + (q.mean - p.mean) ** 2) * jnp.exp(-p.logvar) - 1.0)
-    n_obs, n_src = eta[0].size, eta.size
-    loss_qw, loss_qs = sums[1] / (S * bt * F), -0.5 * sums[3] / (bt * S)
-    loss_qwqs, loss_dvae = sums[5] / (S * F), jnp.mean(dvae_losses)
+    n_obs, n_src = eta.size // S, eta.size
+    loss_qw, loss_qs = eta_log_eta / (S * bt * F), -0.5 * log_v_phi / (bt * S)
+    loss_qwqs, loss_dvae = wrong / (S * F), jnp.mean(dvae_losses)
     printed = (loss_qwqs + loss_dvae + loss_qw + loss_qs, loss_dvae, loss_qwqs, loss_qw, loss_qs)
-    elbo = (-math.log(math.pi) * sums[6] - sums[0]          # E log p(x | w, s)
+    elbo = (-math.log(math.pi) * eta_total - eta_cost       # E log p(x | w, s)
             - math.log(S) * n_obs                           # E log p(w)
-            - sums[2]                                       # H[q(w)]
-            + math.log(math.pi * math.e) * n_src + sums[3]  # H[q(s)]
-            - math.log(math.pi) * n_src - sums[4]           # E log p(s | z)
+            - eta_log_eta                                   # H[q(w)] (see above)
+            + math.log(math.pi * math.e) * n_src + log_v_phi  # H[q(s)]
+            - math.log(math.pi) * n_src - dvae_s            # E log p(s | z)
             - kl)
     return printed, elbo
 
 
 def _scass_printed(eta, mix, v_x, mu, v_phi, dvae_losses):
-    S, F = eta.shape[0], eta.shape[-1]
-    bt = math.prod(mu.shape[1:-1])
+    S, F = eta.shape[1], eta.shape[-1]
+    bt = eta.size // (S * F)
     loss_qw = jnp.sum(eta * jnp.log(eta + 1e-10)) / (S * bt * F)
     loss_qs = -0.5 * jnp.sum(jnp.log(v_phi)) / (bt * S)
-    term = jnp.log(v_x) + (jnp.abs(mix[None] - mu) ** 2 + v_phi) / v_x       # (S, T, [B,] F)
+    term = jnp.log(_bins(v_x)) + (jnp.abs(_bins(mix) - mu) ** 2 + v_phi) / _bins(v_x)       # (T, S, [B,] F)
     # reference bug (spec §7.2 #19): the full eta tensor multiplies every source's term, and the sum is
     # broadcast over (B, T) before dividing by S*B*T*F
-    prod = -jnp.sum(eta, axis=0)[None] * term
+    prod = -jnp.sum(eta, axis=1, keepdims=True) * term
     loss_qwqs = jnp.sum(jnp.where(jnp.isfinite(prod), prod, 0.0)) / (S * F)
     loss_dvae = jnp.mean(dvae_losses)
     return loss_qwqs + loss_dvae + loss_qw + loss_qs, loss_dvae, loss_qwqs, loss_qw, loss_qs
 
 
 def scass_elbo_terms(eta, mix, v_x, mu, v_phi, v_theta, q: Gaussian, p: Gaussian):
-    """Proper SC-ASS ELBO terms (complex Gaussians, nats), summed over everything but batch axes."""
-    S = eta.shape[0]
+    """Proper SC-ASS ELBO terms (complex Gaussians, nats), summed over everything but batch axes; per-source
+    arrays (T, S, [B,] ·), mixture arrays (T, [B,] F)."""
+    S = eta.shape[1]
     batch_axes = tuple(range(2, mu.ndim - 1))
 
     def total(x, lead):
         keep = tuple(b - 2 + lead for b in batch_axes)
         return jnp.sum(x, axis=tuple(a for a in range(x.ndim) if a not in keep))
 
-    log_n = -jnp.log(math.pi * v_x) - (jnp.abs(mix[None] - mu) ** 2 + v_phi) / v_x
+    log_n = -jnp.log(math.pi * _bins(v_x)) - (jnp.abs(_bins(mix) - mu) ** 2 + v_phi) / _bins(v_x)
     terms = {
         "obs": total(eta * log_n, 2),
         "log_pw": total(jnp.full(mix.shape, -math.log(S)), 1),
@@ -749,57 +792,70 @@ def scass_vem(config, options: SCASSOptions = SCASSOptions(), *, params_stacked:
         False = one prior shared by ``num_sources`` sources.
       record: keep eta, mu, v_phi of every iteration in ``info``.
 
-    ``init(key, data)``: :math:`P^{(0)}_n` = DVAE_n's teacher-forced reconstruction of :math:`|x|^2`,
+    ``init(key, data, params=None, opt_state=None, s_power=None)``: :math:`P^{(0)}_n` = DVAE_n's
+    teacher-forced reconstruction of :math:`|x|^2` (or the given ``s_power``, (T, S, [B,] F)),
     :math:`\\eta = 1/S`; ``step(key, state, data)``: E-S/E-Z then E-W (``order``).
     """
     o = options
     _check(source_map, SOURCE_MAPS, "source_map")
     p_axis = 0 if params_stacked else None
+    reuse = o.reuse_gates and o.finetune == "off"   # fine-tuning changes the weights between the passes
 
     def vx(mix):
         return o.v_ratio * (jnp.real(mix) ** 2 + jnp.imag(mix) ** 2) + o.vx_floor
 
-    def init(key, data, params=None, opt_state=None):
+    def init(key, data, params=None, opt_state=None, s_power=None):
         mix = data.mix
         p = data.params if params is None else params
         S = jax.tree.leaves(p)[0].shape[0] if params_stacked else num_sources
         if S is None:
             raise ValueError("scass_vem(..., params_stacked=False) needs num_sources")
-        power = jnp.real(mix) ** 2 + jnp.imag(mix) ** 2
-        s0 = _map_sources(lambda pp, k: ms.scass_vem_initialization(pp, config, power, k),
-                          p, p_axis, _per_source(key, S), S, source_map)
+        if s_power is not None:   # a given start (T, S, [B,] F), e.g. a recorded one
+            s0 = jnp.asarray(s_power, jnp.real(mix).dtype)
+            if s0.shape != mix.shape[:1] + (S,) + mix.shape[1:]:
+                raise ValueError(f"s_power must be (T, S, [B,] F) = {mix.shape[:1] + (S,) + mix.shape[1:]}, "
+                                 f"got {s0.shape}")
+        else:
+            power = jnp.real(mix) ** 2 + jnp.imag(mix) ** 2
+            s0 = _map_sources(lambda pp, k: ms.scass_vem_initialization(pp, config, power, k),
+                              p, p_axis, _per_source(key, S), S, source_map, out_axes=1)
         eta = jnp.full(s0.shape, 1.0 / S, s0.dtype)
         if o.finetune == "off":
             p, opt_state = None, None
         elif opt_state is None:
             opt_state = _finetune_setup(o.finetune, o.finetune_lr, p)[1]
         zero = jnp.zeros((), s0.dtype)
+        gates = None
+        if reuse:
+            gates = _map_sources(lambda pp, sp: teacher_forced_gates(pp, config, sp), data.params, p_axis, s0, S,
+                                 source_map, xs_axes=1, out_axes=1)
         return SCASSState(s0, eta, jnp.zeros(s0.shape, mix.dtype), jnp.zeros_like(s0), p, opt_state, zero,
-                          jnp.asarray(False), jnp.asarray(0, jnp.int32))
+                          jnp.asarray(False), jnp.asarray(0, jnp.int32), gates)
 
-    def es_sources(params, key, s_power, eta, data):
-        S = s_power.shape[0]
+    def es_sources(params, key, s_power, eta, data, gates=None):
+        S = s_power.shape[1]
         v_x = vx(data.mix)
 
         def one(p, xs):
-            sp, eta_n, noise_n = xs
+            sp, eta_n, noise_n, gates_n = xs
             return ms.scass_source_update(p, config, sp, eta_n, v_x, data.mix, noise_n,
-                                          complex_noise=o.complex_noise, beta=o.kl_beta)
+                                          complex_noise=o.complex_noise, beta=o.kl_beta, h_gates=gates_n)
 
-        return _map_sources(one, params, p_axis, (s_power, eta, _per_source(key, S)), S, source_map)
+        return _map_sources(one, params, p_axis, (s_power, eta, _per_source(key, S), gates), S, source_map,
+                            xs_axes=(1, 1, 0, 1), out_axes=_SCASS_UPDATE_AXES)
 
     def es(key, state, eta, data):
         if o.finetune == "off":
-            return es_sources(data.params, key, state.s_power, eta, data), None, None
+            return es_sources(data.params, key, state.s_power, eta, data, state.h_gates), None, None
         params = state.params
 
         def total(pp):
             upd = es_sources(pp, key, state.s_power, eta, data)
-            steps = math.prod(upd.s_power.shape[1:-1])
+            steps = math.prod(upd.s_power.shape[:1] + upd.s_power.shape[2:-1])   # T * B
             # targets detached as in the reference (E-S runs on detached inputs)
             recon = jax.vmap(lambda pw, vt: observation_nll(
                 "is", jax.lax.stop_gradient(pw), Gaussian(jnp.zeros_like(vt), jnp.log(vt)),
-                is_eps=config.is_eps))(upd.s_power, upd.v_theta_s) / steps
+                is_eps=config.is_eps), in_axes=1)(upd.s_power, upd.v_theta_s) / steps
             kl = upd.kl
             return jnp.sum(recon + o.kl_beta * kl), upd
 
@@ -813,16 +869,20 @@ def scass_vem(config, options: SCASSOptions = SCASSOptions(), *, params_stacked:
         if o.order == "es_first":
             upd, params, opt_state = es(key, state, state.eta, data)
             cost = _scass_cost(data.mix, v_x, upd.mu, upd.v_phi)
-            eta = _softmax_sources(-cost, o.beta_floor)
+            eta = _softmax_sources(-cost, o.beta_floor, axis=1)
         else:
             eta = scass_assignment(data.mix, v_x, state.mu, state.v_phi, o.beta_floor)
             eta = jnp.where(state.iteration > 0, eta, state.eta)   # no posterior yet at i = 0
             upd, params, opt_state = es(key, state, eta, data)
             cost = _scass_cost(data.mix, v_x, upd.mu, upd.v_phi)
-        printed, elbo = _scass_diagnostics(eta, cost, upd.mu, upd.v_phi, upd.v_theta_s, upd.q, upd.p, upd.loss)
+        if o.losses:
+            printed, elbo = _scass_diagnostics(eta, cost, upd.mu, upd.v_phi, upd.v_theta_s, upd.q, upd.p,
+                                               upd.loss)
+        else:   # nothing reads them: XLA drops the DVAE losses and the sums
+            printed, elbo = (jnp.full((), jnp.nan, cost.dtype),) * 5, jnp.full((), jnp.nan, cost.dtype)
         conv = _converged(elbo, state.elbo, state.iteration, o.tol)
         new = SCASSState(upd.s_power, eta, upd.mu, upd.v_phi, params, opt_state, elbo, state.done | conv,
-                         state.iteration + 1)
+                         state.iteration + 1, upd.h_gates_next if reuse else None)
         if o.tol > 0:
             new = _freeze(state.done, new, state)
         info = SCASSInfo(*printed, elbo, new.done,

@@ -52,10 +52,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vdvae_jax.distributions import Gaussian, kl_gaussian, observation_nll
+from vdvae_jax.distributions import Gaussian, itakura_saito, kl_gaussian, observation_nll
 from vdvae_jax.models.base import drawn_steps, network_input, noise_pair
-from vdvae_jax.models.srnn_mixdvae import decoder_from_h, encoder_for, prior_from_h
-from vdvae_jax.nn.layers import concat_matmul, lstm_project, lstm_step, mlp, mlp_parts, unrolled_matmul, zero_carry
+from vdvae_jax.models.srnn import srnn_encode_from_h
+from vdvae_jax.models.srnn_mixdvae import (decoder_from_h, encoder_for, h_input_gates, h_teacher_forced,
+                                           prior_from_h)
+from vdvae_jax.nn.layers import concat_matmul, lstm_step, mlp_parts, unrolled_matmul, zero_carry
 
 __all__ = [
     "MOTSourceUpdate",
@@ -99,7 +101,8 @@ class SCASSSourceUpdate(NamedTuple):
     Attributes:
       v_theta_s: DVAE source variance; v_phi, mu: posterior variance / complex mean of the source STFT;
       s, s_power: complex source sample and its power (the next encoder input);
-      z, q, p, h_dec: latents, posterior, prior, decoder LSTM outputs; recon, kl, loss: per-frame terms.
+      z, q, p, h_dec: latents, posterior, prior, decoder LSTM outputs; recon, kl, loss: per-frame terms;
+      h_gates_next: (T, [B,] 4H) input gates of the h chain on ``s_power`` (the next E-Z's ``h_gates``).
     """
 
     v_theta_s: jax.Array
@@ -114,12 +117,7 @@ class SCASSSourceUpdate(NamedTuple):
     recon: jax.Array
     kl: jax.Array
     loss: jax.Array
-
-
-def _lstm_input_step(params, config, state, x_in):
-    p_h = params["rnn_h"]["forward"]
-    b = mlp(params.get("mlp_x_h"), network_input(config, x_in), config.dense_x_h, config.activation)
-    return lstm_step(p_h, state, lstm_project(p_h, b))
+    h_gates_next: jax.Array
 
 
 def observation_weights(eta, obs, mask=None):
@@ -270,8 +268,8 @@ def _complex_noise(noise, length, shape, kind):
 
 
 def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
-                        complex_noise: str = "uniform", first_input=None,
-                        beta: float = 0.01) -> SCASSSourceUpdate:
+                        complex_noise: str = "uniform", first_input=None, beta: float = 0.01,
+                        h_gates=None) -> SCASSSourceUpdate:
     """SC-ASS E-Z + E-S for one source (the reference's ``forward(s_power, Eta, v_theta_x, mix_stft)``).
 
     Args:
@@ -285,34 +283,53 @@ def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
         the draws follow this option; given arrays are used as they are.
       first_input: ([B,] F) first decoder-LSTM input; default ``s_power[0]`` as in the reference.
       beta: KL weight of ``loss`` (0.01 in the SC-ASS configs).
+      h_gates: (T, [B,] 4H) input gates of the encoder's h chain on ``s_power``, when the caller has them:
+        the ``h_gates_next`` of the previous update with the same weights (the decoder recursion
+        projected exactly these frames). Default: computed from ``s_power``.
+
+    The recursion carries only what the next step reads and emits :math:`v_\\theta`, the sampled power,
+    :math:`h^{dec}` and the projected decoder inputs; :math:`v_\\phi`, :math:`\\mu` and :math:`\\tilde s`
+    are elementwise in those and are recomputed after the scan with the step's own formulas (same values).
     """
     c = config
-    z, q, _ = encoder_for(c)(params, s_power, noise)
+    h_enc = h_teacher_forced(params, c, s_power, h_gates)                     # E-Z
+    z, q, _ = srnn_encode_from_h(params, c, s_power, h_enc, noise)
     length = s_power.shape[0]
     shape = s_power.shape[1:]
     u_re, u_im = _complex_noise(noise, length, shape, complex_noise)
-    eta = jnp.broadcast_to(eta, s_power.shape)
+    gain_x = jnp.broadcast_to(eta, s_power.shape) / v_theta_x                 # eta / v_x
+    mix_re, mix_im = jnp.real(mix), jnp.imag(mix)
     x0 = s_power[0] if first_input is None else first_input
+    p_h = params["rnn_h"]["forward"]
+
+    def posterior(v_theta, gain_x, mix_re, mix_im, u_re, u_im):
+        """E-S in closed form and the sample: ``(v_phi, mu_re, mu_im, s_re, s_im)``."""
+        v_phi = 1.0 / (gain_x + 1.0 / v_theta)
+        w = v_phi * gain_x
+        scale = jnp.sqrt(v_phi / 2.0)
+        mu_re, mu_im = w * mix_re, w * mix_im
+        return v_phi, mu_re, mu_im, mu_re + scale * u_re, mu_im + scale * u_im
 
     def step(carry, inputs):
         state, x_in = carry
-        z_t, eta_t, vx_t, mix_t, ure_t, uim_t = inputs
-        state, h_t = _lstm_input_step(params, c, state, x_in)
+        z_t, *elementwise = inputs
+        gates_t = h_input_gates(params, c, x_in)
+        state, h_t = lstm_step(p_h, state, gates_t)
         v_theta = jnp.exp(decoder_from_h(params, c, z_t, h_t).logvar)
-        v_phi = 1.0 / (eta_t / vx_t + 1.0 / v_theta)
-        mu = (v_phi * eta_t / vx_t) * mix_t
-        scale = jnp.sqrt(v_phi / 2.0)
-        re = jnp.real(mu) + scale * ure_t
-        im = jnp.imag(mu) + scale * uim_t
+        _, _, _, re, im = posterior(v_theta, *elementwise)
         power = re * re + im * im
-        return (state, jax.lax.stop_gradient(power)), (v_theta, v_phi, mu, jax.lax.complex(re, im), power, h_t)
+        return (state, jax.lax.stop_gradient(power)), (v_theta, power, h_t, gates_t)
 
     carry0 = (zero_carry(shape[:-1], c.dim_rnn_h, x0.dtype), x0)
-    _, (v_theta, v_phi, mu, s, power, h_dec) = jax.lax.scan(
-        step, carry0, (z, eta, v_theta_x, mix, u_re, u_im))
+    _, (v_theta, power, h_dec, dec_gates) = jax.lax.scan(
+        step, carry0, (z, gain_x, mix_re, mix_im, u_re, u_im))
+    v_phi, mu_re, mu_im, s_re, s_im = posterior(v_theta, gain_x, mix_re, mix_im, u_re, u_im)
+    # the next E-Z reads s_power = power through h_t = LSTM(phi(power_{t-1})), t >= 1: the decoder's own
+    # inputs at t >= 1; its t = 0 input is x_{-1} = 0
+    h_gates_next = dec_gates.at[0].set(h_input_gates(params, c, jnp.zeros_like(x0)))
     p = prior_from_h(params, c, z, h_dec)
     steps = math.prod(s_power.shape[:-1])
-    recon = observation_nll("is", power, Gaussian(jnp.zeros_like(v_theta), jnp.log(v_theta)),
-                            is_eps=c.is_eps) / steps
+    recon = itakura_saito(power, v_theta, c.is_eps) / steps   # observation_nll("is") without its log/exp trip
     kl = kl_gaussian(q, p, mode=c.kl_mode, var_eps=c.kl_var_eps) / steps
-    return SCASSSourceUpdate(v_theta, v_phi, mu, s, power, z, q, p, h_dec, recon, kl, recon + beta * kl)
+    return SCASSSourceUpdate(v_theta, v_phi, jax.lax.complex(mu_re, mu_im), jax.lax.complex(s_re, s_im), power,
+                             z, q, p, h_dec, recon, kl, recon + beta * kl, h_gates_next)

@@ -40,7 +40,8 @@ from vdvae_jax.models.heads import decoder_head, gaussian_head, init_decoder_hea
 from vdvae_jax.nn.layers import (MLP, lstm_init, lstm_project, lstm_scan, lstm_step, mlp, mlp_out_dim,
                                  zero_carry)
 
-__all__ = ["SRNNConfig", "make_srnn", "init_srnn_block", "init_h_chain", "init_prior_and_decoder"]
+__all__ = ["SRNNConfig", "make_srnn", "srnn_encode_from_h", "init_srnn_block", "init_h_chain",
+           "init_prior_and_decoder"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +90,26 @@ def init_prior_and_decoder(params: dict, keys, c) -> None:
     params.update(init_decoder_head(next(keys), decoder_in, c))
 
 
+def srnn_encode_from_h(params, config, x: jax.Array, h: jax.Array, noise, mask=None):
+    """The SRNN encoder given the deterministic chain ``h`` (T, [B,] H): the anti-causal
+    :math:`g_t = \\mathrm{LSTM}^{\\leftarrow}(\\mathrm{MLP}([h_t, \\phi(x_t)]))` and the sequential
+    :math:`z_t \\sim q(z_t | g_t, z_{t-1})` (:math:`z_{-1} = 0`, noise ``noise["z"]``); returns ``(z, q, g)``."""
+    c, act = config, config.activation
+    a = mlp(params.get("mlp_hx_g"), jnp.concatenate([h, network_input(c, x)], axis=-1), c.dense_hx_g, act)
+    g = lstm_scan(params["rnn_g"]["backward"], a, reverse=True, mask=mask)
+
+    def step(z_prev, inputs):
+        g_t, noise_t = inputs
+        u = mlp(params.get("mlp_gz_z"), jnp.concatenate([g_t, z_prev], axis=-1), c.dense_gz_z, act)
+        q_t = gaussian_head(params, u, "inf")
+        z_t = q_t.sample(draw_step(noise_t, x.shape[1:-1] + (c.z_dim,)))
+        return z_t, (z_t, q_t)
+
+    z0 = jnp.zeros(x.shape[1:-1] + (c.z_dim,), h.dtype)
+    _, (z, q) = jax.lax.scan(step, z0, (g, step_noise(noise, "z", x.shape[0])))
+    return z, q, g
+
+
 def make_srnn(config: SRNNConfig = SRNNConfig()) -> DVAE:
     c = config
     act = c.activation
@@ -111,19 +132,7 @@ def make_srnn(config: SRNNConfig = SRNNConfig()) -> DVAE:
                          mlp(params.get("mlp_x_h"), network_input(c, x_prev), c.dense_x_h, act))
 
     def encode_from_h(params, x, h, noise, mask=None):
-        a = mlp(params.get("mlp_hx_g"), jnp.concatenate([h, network_input(c, x)], axis=-1), c.dense_hx_g, act)
-        g = lstm_scan(params["rnn_g"]["backward"], a, reverse=True, mask=mask)
-
-        def step(z_prev, inputs):
-            g_t, noise_t = inputs
-            u = mlp(params.get("mlp_gz_z"), jnp.concatenate([g_t, z_prev], axis=-1), c.dense_gz_z, act)
-            q_t = gaussian_head(params, u, "inf")
-            z_t = q_t.sample(draw_step(noise_t, x.shape[1:-1] + (c.z_dim,)))
-            return z_t, (z_t, q_t)
-
-        z0 = jnp.zeros(x.shape[1:-1] + (c.z_dim,), h.dtype)
-        _, (z, q) = jax.lax.scan(step, z0, (g, step_noise(noise, "z", x.shape[0])))
-        return z, q, g
+        return srnn_encode_from_h(params, c, x, h, noise, mask)
 
     def encode(params, x, noise):
         z, q, _ = encode_from_h(params, x, h_teacher_forced(params, x), noise)

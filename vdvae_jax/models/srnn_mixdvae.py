@@ -32,7 +32,8 @@ Checkpoint keys are renamed by :func:`mixdvae_state_dict_to_params` (``linear_0`
 ``gen_mean``/``gen_logvar``/``gen_logvar``), so the parameter tree matches :mod:`~vdvae_jax.models.srnn`.
 
 Pure helpers shared with the VEM-time source update (:mod:`vdvae_jax.inference.mixdvae_source`):
-:func:`h_teacher_forced`, :func:`decoder_from_h`, :func:`prior_from_h`, :func:`encoder_for`.
+:func:`h_input_gates`, :func:`teacher_forced_gates`, :func:`h_teacher_forced`, :func:`decoder_from_h`,
+:func:`prior_from_h`, :func:`encoder_for`.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ from vdvae_jax.models.base import (DVAE, DVAEConfig, Outputs, draw_step, network
                                    step_noise)
 from vdvae_jax.models.heads import decoder_head, gaussian_head, init_gaussian_head
 from vdvae_jax.models.srnn import (SRNNConfig, init_h_chain, init_prior_and_decoder, init_srnn_block,
-                                  make_srnn)
-from vdvae_jax.nn.layers import lstm_project, lstm_scan, lstm_step, mlp, zero_carry
+                                  make_srnn, srnn_encode_from_h)
+from vdvae_jax.nn.layers import lstm_project, lstm_scan_gates, lstm_step, mlp, zero_carry
 
 __all__ = [
     "MOTSRNNConfig",
@@ -61,7 +62,9 @@ __all__ = [
     "MIXDVAE_MODELS",
     "mixdvae_state_dict_to_params",
     "config_from_ini",
+    "h_input_gates",
     "h_teacher_forced",
+    "teacher_forced_gates",
     "decoder_from_h",
     "prior_from_h",
     "encoder_for",
@@ -115,12 +118,26 @@ class SCASSSRNNConfig(SRNNConfig):
 # Pure pieces (also used by the VEM-time source update).
 
 
-def h_teacher_forced(params, config, x: jax.Array) -> jax.Array:
-    """:math:`h_t = \\mathrm{LSTM}(\\phi(x_{t-1}))` with :math:`x_{-1} = 0`; x is (T, [B,] x_dim)."""
-    x_prev = jnp.concatenate([jnp.zeros_like(x[:1]), x[:-1]], axis=0)
-    return lstm_scan(params["rnn_h"]["forward"],
-                     mlp(params.get("mlp_x_h"), network_input(config, x_prev), config.dense_x_h,
-                         config.activation))
+def h_input_gates(params, config, x_prev: jax.Array) -> jax.Array:
+    """Input gates of the h chain, ``lstm_project(rnn_h, MLP_xh(phi(x_prev)))``, (T, [B,] 4H) for the
+    frames ``x_prev`` that each step reads."""
+    b = mlp(params.get("mlp_x_h"), network_input(config, x_prev), config.dense_x_h, config.activation)
+    return lstm_project(params["rnn_h"]["forward"], b)
+
+
+def h_teacher_forced(params, config, x: jax.Array, gates: jax.Array | None = None) -> jax.Array:
+    """:math:`h_t = \\mathrm{LSTM}(\\phi(x_{t-1}))` with :math:`x_{-1} = 0`; x is (T, [B,] x_dim).
+
+    ``gates``: the chain's input gates when the caller already has them (:func:`teacher_forced_gates`
+    of x, same weights); x is then not read."""
+    if gates is None:
+        gates = teacher_forced_gates(params, config, x)
+    return lstm_scan_gates(params["rnn_h"]["forward"], gates)
+
+
+def teacher_forced_gates(params, config, x: jax.Array) -> jax.Array:
+    """:func:`h_input_gates` of the teacher-forced chain on x: the frames :math:`[0, x_0, \\dots, x_{T-2}]`."""
+    return h_input_gates(params, config, jnp.concatenate([jnp.zeros_like(x[:1]), x[:-1]], axis=0))
 
 
 def decoder_from_h(params, config, z: jax.Array, h: jax.Array) -> Gaussian:
@@ -162,11 +179,10 @@ def encoder_for(config):
             return z, q, h
         return encode
 
-    model = make_srnn(dataclasses.replace(config, scheduled_sampling=False))
-
-    def encode(params, x, noise):
-        out = model.forward(params, x, noise)
-        return out.z, out.q, out.extras["h_inf"]
+    def encode(params, x, noise):   # the teacher-forced SRNN encoder (no generation chain)
+        h = h_teacher_forced(params, config, x)
+        z, q, _ = srnn_encode_from_h(params, config, x, h, noise)
+        return z, q, h
     return encode
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "lstm_project",
     "lstm_step",
     "lstm_scan",
+    "lstm_scan_gates",
     "lstm_scan_residuals",
     "LSTMResiduals",
     "zero_carry",
@@ -383,6 +384,19 @@ def lstm_scan(params, xs: jax.Array, *, reverse: bool = False, carry=None, mask=
         return _lstm_replay({k: params[k] for k in ("kernel_ih", "kernel_hh", "bias")}, xs, carry, mask,
                             reverse, residuals)
     return _lstm_recurrence(params["kernel_hh"], lstm_project(params, xs), carry, mask, reverse)
+
+
+def lstm_scan_gates(params, gates: jax.Array, *, reverse: bool = False, carry=None, mask=None) -> jax.Array:
+    """:func:`lstm_scan` from its input gates ``gates = lstm_project(params, xs)`` (T, ..., 4H): the
+    recurrence alone, with the same backward pass (gradients reach ``gates`` and ``kernel_hh``).
+
+    For callers that already hold the projection of their inputs, e.g. the MixDVAE SC-ASS VEM, whose
+    decoder recursion projects the very frames the next E-Z step reads."""
+    if carry is None:
+        dtype = jnp.result_type(gates, params["kernel_hh"])
+        carry = zero_carry(gates.shape[1:-1], params["kernel_hh"].shape[0], dtype)
+    return _lstm_recurrence(params["kernel_hh"], gates, carry, None if mask is None else jnp.asarray(mask, bool),
+                            reverse)
 
 
 def rnn_step(params, h, gates_x):

@@ -32,4 +32,4 @@ def mixdvae_separate(config, params_list, mix, key, *, n_iter: int = 70,
     state, infos = solve(alg, key, data, n_iter, devices=devices)
     split = len(resolve_devices(devices)) > 1   # as solve decides: only then a leading device axis
     elbo = jnp.sum(infos.elbo, axis=0) if split else infos.elbo
-    return jnp.transpose(state.mu, (2, 0, 1, 3)), elbo
+    return jnp.transpose(state.mu, (2, 1, 0, 3)), elbo
