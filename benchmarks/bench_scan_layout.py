@@ -9,7 +9,8 @@ The step is the shape of :func:`vdvae_jax.inference.mixdvae_source.scass_source_
 and its sample) with random weights; only the layout differs:
 
 * ``vmap``: per-source arrays source-major ``(S, T, B, F)``, ``jax.vmap`` over a per-source scan (what
-  the VEM does today): XLA moves the source axis behind time for the scan and back for the outputs;
+  the VEM did before its state became time-major): XLA moves the source axis behind time for the scan and
+  back for the outputs;
 * ``time_major``: the same arrays ``(T, S, B, F)``, one scan whose step contracts per-source weights
   (``einsum``); shared inputs (mixture, its variance) stay ``(T, B, F)``;
 * ``time_major+copies``: as ``time_major`` with the per-source inputs and outputs transposed from and

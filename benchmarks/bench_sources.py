@@ -32,9 +32,9 @@ processes; the speed-ups are computed from CPU time and are approximate either w
   SC-ASS SRNN architecture (random weights of the same shapes), F = 513, T in ``--scass-lengths``
   (50 / 100 / 300). Reference: 0.51 / 1.03 / 4.18 s per iteration. With ``--devices N`` the mixtures are
   split over N devices through ``solve`` and an iteration is timed as (``--scass-iters`` + 1 iterations
-  minus 1 iteration) / ``--scass-iters``. The reference settings, which compute the printed losses and
-  the ELBO every iteration as the reference does; ``--scass-no-losses`` times the same iteration without
-  them (``SCASSOptions(losses=False)``).
+  minus 1 iteration) / ``--scass-iters``. It runs the reference settings, which compute the printed
+  losses and the ELBO every iteration as the reference does; ``--scass-no-losses`` times the same
+  iteration without them (``SCASSOptions(losses=False)``).
 
 ``--devices N`` on a CPU makes N CPU devices (``jax_num_cpu_devices``; one per core is the useful
 setting): each runs its share of the windows on one core, where one device leaves the second core

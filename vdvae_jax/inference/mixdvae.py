@@ -723,11 +723,11 @@ def _scass_diagnostics(eta, cost, mu, v_phi, v_theta, q: Gaussian, p: Gaussian, 
     per assignment probability, far below its float32 resolution."""
     S, F = eta.shape[1], eta.shape[-1]
     bt = eta.size // (S * F)
-    wrong = -jnp.sum(eta, axis=1, keepdims=True) * cost   # the reference's eta broadcast (spec §7.2 #19)
+    broadcast = -jnp.sum(eta, axis=1, keepdims=True) * cost   # the reference's eta broadcast (spec §7.2 #19)
     eta_cost, eta_log_eta, log_v_phi, dvae_s, wrong, eta_total = (jnp.sum(term) for term in (
         eta * cost, eta * jnp.log(eta + 1e-10), jnp.log(v_phi),
         jnp.log(v_theta) + (jnp.real(mu) ** 2 + jnp.imag(mu) ** 2 + v_phi) / v_theta,
-        jnp.where(jnp.isfinite(wrong), wrong, 0.0), eta))
+        jnp.where(jnp.isfinite(broadcast), broadcast, 0.0), eta))
     kl = 0.5 * jnp.sum(p.logvar - q.logvar + (jnp.exp(q.logvar) + (q.mean - p.mean) ** 2) * jnp.exp(-p.logvar) - 1.0)
     n_obs, n_src = eta.size // S, eta.size
     loss_qw, loss_qs = eta_log_eta / (S * bt * F), -0.5 * log_v_phi / (bt * S)
