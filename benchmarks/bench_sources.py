@@ -32,7 +32,9 @@ processes; the speed-ups are computed from CPU time and are approximate either w
   SC-ASS SRNN architecture (random weights of the same shapes), F = 513, T in ``--scass-lengths``
   (50 / 100 / 300). Reference: 0.51 / 1.03 / 4.18 s per iteration. With ``--devices N`` the mixtures are
   split over N devices through ``solve`` and an iteration is timed as (``--scass-iters`` + 1 iterations
-  minus 1 iteration) / ``--scass-iters``. It runs the reference settings, which compute the printed
+  minus 1 iteration) / ``--scass-iters``. ``dot_gflop_per_iter``: the matrix products of one iteration
+  of the whole batch, counted on the step's jaxpr (``common.dot_flops``; ``dot_gflop_in_frame_loops``:
+  the part inside the scans over frames). It runs the reference settings, which compute the printed
   losses and the ELBO every iteration as the reference does; ``--scass-no-losses`` times the same
   iteration without them (``SCASSOptions(losses=False)``).
 
@@ -58,7 +60,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import emit, environment  # noqa: E402
+from common import dot_flops, emit, environment  # noqa: E402
 from vdvae_jax.inference import mixdvae as mv  # noqa: E402
 from vdvae_jax.inference.base import jit_small, run  # noqa: E402
 from vdvae_jax.models.srnn_mixdvae import (MOTSRNNConfig, SCASSSRNNConfig, make_srnn_mot,  # noqa: E402
@@ -184,8 +186,10 @@ def bench_scass(args, out, config):
         data = mv.scass_data(params, mix)
         rec = {"bench": "scass_iter", "T": T, "batch": args.scass_batch, "sources": 2, "F": config.x_dim,
                "devices": args.devices, "source_map": args.scass_source_map, "losses": options.losses}
+        state = jax.jit(alg.init)(jax.random.key(0), data)
+        flops, in_loops = dot_flops(alg.step, jax.random.key(1), state, data, frames=T)
+        rec.update(dot_gflop_per_iter=flops / 1e9, dot_gflop_in_frame_loops=in_loops / 1e9)
         if args.devices == 1:   # one step, timed alone
-            state = jax.jit(alg.init)(jax.random.key(0), data)
             c, wall, cpu, _ = _time(alg.step, jax.random.key(1), state, data, repeat=args.repeat)
         else:                   # solve() on the devices: (n + 1 iterations - 1 iteration) / n
             n = args.scass_iters

@@ -58,7 +58,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import emit, environment, matmul_flops_per_s, xla_flops  # noqa: E402
+from common import dot_flops, emit, environment, matmul_flops_per_s, xla_flops  # noqa: E402
 from vdvae_jax.data.stft import stft_librosa  # noqa: E402
 from vdvae_jax.enhance import PRESETS, STFT, enhance, load_prior  # noqa: E402
 from vdvae_jax.inference import se_vem_batch  # noqa: E402
@@ -79,56 +79,6 @@ def clip(snr_db: float, smoke: bool):
         speech, noise = audio["speech"], audio["noise"]
     noise = noise * np.sqrt(np.sum(speech**2) / np.sum(noise**2)) * 10 ** (-snr_db / 20)
     return speech, (speech + noise).astype(np.float32)
-
-
-def dot_flops(fn, *args, frames: int | None = None) -> tuple[float, float]:
-    """FLOPs of the matrix products of ``fn(*args)``: 2 x output size x contracted size for every
-    ``dot_general`` of its jaxpr, times the length of each enclosing scan (while loops of unknown trip
-    count and cond branches are counted once / at their largest). Unused computations (e.g. gradients
-    of frozen layers) are removed first by JAX's dead-code elimination.
-
-    Returns ``(total, in_frame_loops)``: the second part is executed inside scans of length
-    ``frames`` (the per-frame recurrent products), the rest are whole-sequence products."""
-    closed = jax.make_jaxpr(fn)(*args)
-    jaxpr = closed.jaxpr
-    try:
-        from jax._src.interpreters import partial_eval as pe
-
-        jaxpr, _ = pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
-    except Exception:  # private API: count without DCE if it moved
-        pass
-
-    def sub_jaxprs(value):
-        vals = value if isinstance(value, (tuple, list)) else (value,)
-        for v in vals:
-            if hasattr(v, "eqns"):
-                yield v
-            elif hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):
-                yield v.jaxpr
-
-    def count(jx, in_frames: bool) -> np.ndarray:
-        total = np.zeros(2)  # (all, inside frame loops)
-        for eqn in jx.eqns:
-            name = eqn.primitive.name
-            if name == "dot_general":
-                (lc, _), _ = eqn.params["dimension_numbers"]
-                lhs = eqn.invars[0].aval.shape
-                f = 2.0 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in lc])
-                total += (f, f if in_frames else 0.0)
-            elif name == "scan":
-                length = eqn.params["length"]
-                total += length * count(eqn.params["jaxpr"].jaxpr, in_frames or length == frames)
-            elif name == "cond":
-                total += max((count(b.jaxpr, in_frames) for b in eqn.params["branches"]),
-                             key=lambda c: c[0])
-            else:
-                for value in eqn.params.values():
-                    for sub in sub_jaxprs(value):
-                        total += count(sub, in_frames)
-        return total
-
-    total, in_frames = count(jaxpr, False)
-    return float(total), float(in_frames)
 
 
 def noisy_batch(speech, noise, snr_db: float, n_utts: int):
