@@ -367,7 +367,7 @@ def make_se_vem(model, config: SEVEMConfig = VB_SETTINGS) -> Algorithm:
             params, opt_state = carry
             eps, coin = xs
             (loss, (kl, q, p)), grads = jax.value_and_grad(estep_objective, has_aux=True)(
-                params, P, eps, coin, WH_t, state.g, m, data.mask, state.features if reuse else None)
+                params, P, eps, coin, WH_t, state.g, m, data.mask, state.features)
             updates, opt_state = opt.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), (loss, kl, q, p)
 

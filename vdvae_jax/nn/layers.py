@@ -335,10 +335,12 @@ def _lstm_replay_bwd(reverse, res, d_hs):
 _lstm_replay.defvjp(_lstm_replay_fwd, _lstm_replay_bwd)
 
 
-def _default_carry_and_mask(params, xs, carry, mask):
+def _default_carry_and_mask(params, inputs, carry, mask):
+    """A zero initial state for the batch axes of ``inputs`` (the sequence or its input gates) and a
+    boolean mask."""
     if carry is None:
-        dtype = jnp.result_type(xs, params["kernel_ih"])
-        carry = zero_carry(xs.shape[1:-1], params["kernel_hh"].shape[0], dtype)
+        dtype = jnp.result_type(inputs, params["kernel_hh"])
+        carry = zero_carry(inputs.shape[1:-1], params["kernel_hh"].shape[0], dtype)
     return carry, None if mask is None else jnp.asarray(mask, bool)
 
 
@@ -376,14 +378,14 @@ def lstm_scan(params, xs: jax.Array, *, reverse: bool = False, carry=None, mask=
     ``residuals`` (from :func:`lstm_scan_residuals` on the same arguments) replays a pass already run:
     its hidden states are returned as they are, and gradients flow through them as through the pass.
     """
+    if residuals is None:
+        return lstm_scan_gates(params, lstm_project(params, xs), reverse=reverse, carry=carry, mask=mask)
+    if residuals.hs.shape[:-1] != xs.shape[:-1]:
+        raise ValueError(f"residuals are for frames and batch {residuals.hs.shape[:-1]}, "
+                         f"xs has {xs.shape[:-1]}")
     carry, mask = _default_carry_and_mask(params, xs, carry, mask)
-    if residuals is not None:
-        if residuals.hs.shape[:-1] != xs.shape[:-1]:
-            raise ValueError(f"residuals are for frames and batch {residuals.hs.shape[:-1]}, "
-                             f"xs has {xs.shape[:-1]}")
-        return _lstm_replay({k: params[k] for k in ("kernel_ih", "kernel_hh", "bias")}, xs, carry, mask,
-                            reverse, residuals)
-    return _lstm_recurrence(params["kernel_hh"], lstm_project(params, xs), carry, mask, reverse)
+    return _lstm_replay({k: params[k] for k in ("kernel_ih", "kernel_hh", "bias")}, xs, carry, mask,
+                        reverse, residuals)
 
 
 def lstm_scan_gates(params, gates: jax.Array, *, reverse: bool = False, carry=None, mask=None) -> jax.Array:
@@ -392,11 +394,8 @@ def lstm_scan_gates(params, gates: jax.Array, *, reverse: bool = False, carry=No
 
     For callers that already hold the projection of their inputs, e.g. the MixDVAE SC-ASS VEM, whose
     decoder recursion projects the very frames the next E-Z step reads."""
-    if carry is None:
-        dtype = jnp.result_type(gates, params["kernel_hh"])
-        carry = zero_carry(gates.shape[1:-1], params["kernel_hh"].shape[0], dtype)
-    return _lstm_recurrence(params["kernel_hh"], gates, carry, None if mask is None else jnp.asarray(mask, bool),
-                            reverse)
+    carry, mask = _default_carry_and_mask(params, gates, carry, mask)
+    return _lstm_recurrence(params["kernel_hh"], gates, carry, mask, reverse)
 
 
 def rnn_step(params, h, gates_x):
