@@ -13,11 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdvae_jax.runtime import prefer_wide_cpu_vectors
+from vdvae_jax.runtime import configure_cpu
 
 # Before the first JAX computation of every benchmark (see vdvae_jax.runtime); VDVAE_JAX_DEFAULT_XLA=1
 # in the environment measures with XLA's default vector width instead.
-prefer_wide_cpu_vectors()
+configure_cpu()
 
 __all__ = ["time_compiled", "matmul_flops_per_s", "xla_flops", "dot_flops", "environment", "emit"]
 

@@ -14,9 +14,9 @@ import numpy as np
 from vdvae_jax.data import build_default_corpus, build_spectrogram_dataset, load_wav, wav_folder
 from vdvae_jax.data.datasets import voicebank_splits, wsj0_splits
 from vdvae_jax.data.stft import StftConfig
-from vdvae_jax.runtime import prefer_wide_cpu_vectors
+from vdvae_jax.runtime import configure_cpu
 
-prefer_wide_cpu_vectors()   # before the first JAX computation of any experiment (see vdvae_jax.runtime)
+configure_cpu()   # before the first JAX computation of any experiment (see vdvae_jax.runtime)
 
 # Reference speech sizes are each model's defaults; "small" halves widths for CPU quickstarts.
 PRESETS: dict[str, dict[str, dict]] = {

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vdvae_jax.runtime import prefer_wide_cpu_vectors  # noqa: E402
+from vdvae_jax.runtime import configure_cpu  # noqa: E402
 from vdvae_jax.tracking.baselines import nearest_neighbour_track  # noqa: E402
 from vdvae_jax.tracking.evaluate import evaluate_windows, reference_hyp_ids  # noqa: E402
 from vdvae_jax.tracking.pretrain import PretrainConfig, default_prior  # noqa: E402
@@ -113,7 +113,7 @@ def markdown(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    prefer_wide_cpu_vectors()   # before the first JAX computation (see vdvae_jax.runtime)
+    configure_cpu()   # before the first JAX computation (see vdvae_jax.runtime)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/mixdvae_mot"))
     ap.add_argument("--lengths", type=int, nargs="+", default=[60, 120, 300])

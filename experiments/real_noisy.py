@@ -36,7 +36,7 @@ from vdvae_jax.data.audio import load_wav  # noqa: E402
 from vdvae_jax.data.real import RealDataError, build_real_noisy_set, load_manifest  # noqa: E402
 from vdvae_jax.enhance import PRESETS, enhance, load_prior  # noqa: E402
 from vdvae_jax.metrics import si_sdr  # noqa: E402
-from vdvae_jax.runtime import prefer_wide_cpu_vectors  # noqa: E402
+from vdvae_jax.runtime import configure_cpu  # noqa: E402
 
 SETTINGS = {"reference": "vb", "smooth": "smooth", "default": "default"}
 VB_RVAE = Path(__file__).resolve().parents[2] / "shared/reference/checkpoints/dvae_se/vb_rvae"
@@ -141,7 +141,7 @@ def evaluate(items, load, prior, out: Path, tag: str, title: str, seed: int,
 
 
 def main(argv=None) -> int:
-    prefer_wide_cpu_vectors()   # before the first JAX computation (see vdvae_jax.runtime)
+    configure_cpu()   # before the first JAX computation (see vdvae_jax.runtime)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder for the tables")
     ap.add_argument("--build", action="store_true", help="build the real set (apt-get download) if absent")

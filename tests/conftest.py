@@ -21,9 +21,9 @@ _CACHE: list[str] = []
 
 
 def pytest_configure(config):
-    from vdvae_jax.runtime import prefer_wide_cpu_vectors
+    from vdvae_jax.runtime import configure_cpu
 
-    prefer_wide_cpu_vectors()   # test what the scripts run (before the first JAX computation)
+    configure_cpu()   # test what the scripts run (before the first JAX computation)
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     _CACHE.append(tempfile.mkdtemp(prefix=f"vdvae_jax_test_cache_{worker}_"))
     os.environ["VDVAE_JAX_CACHE"] = _CACHE[-1]

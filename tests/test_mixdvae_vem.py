@@ -317,8 +317,8 @@ def test_scass_one_pass_diagnostics_equal_the_term_by_term_definitions():
     p = mv.Gaussian(jnp.zeros_like(q.mean), jnp.full(q.mean.shape, 0.2))
     v_theta = jnp.exp(jax.random.normal(jax.random.key(4), state.v_phi.shape))
     losses = jnp.arange(4.0)
-    printed, elbo = mv._scass_diagnostics(eta, mv._scass_cost(mix, v_x, state.mu, state.v_phi), state.mu,
-                                          state.v_phi, v_theta, q, p, losses)
+    printed, elbo = mv._scass_diagnostics(eta, mv._scass_cost(mix, v_x, state.mu, state.v_phi),
+                                          jnp.abs(state.mu) ** 2, state.v_phi, v_theta, q, p, losses)
     _close(printed, mv._scass_printed(eta, mix, v_x, state.mu, state.v_phi, losses), rtol=1e-5, atol=1e-5)
     terms = mv.scass_elbo_terms(eta, mix, v_x, state.mu, state.v_phi, v_theta, q, p)
     _close(elbo, jnp.sum(terms["elbo"]), rtol=1e-5)

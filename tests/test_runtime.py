@@ -40,3 +40,31 @@ def test_flag_set_before_the_backend_starts():
     on, avx512, flags = (out.stdout.splitlines() + [""])[:3]
     assert on == avx512   # requested exactly where the CPU has AVX-512
     assert (runtime.WIDE_VECTORS_FLAG in flags) == (on == "True")
+
+
+def test_unrolled_threefry_draws_the_same_bits_without_a_loop():
+    """unroll_cpu_threefry swaps the CPU lowering (no loop left) and the draws stay bit for bit."""
+    import jax
+    import numpy as np
+
+    def draws(k):
+        return jax.random.uniform(k, (7, 5)), jax.random.normal(jax.random.fold_in(k, 1), (3, 4))
+
+    key = jax.random.key(3)
+    try:
+        assert runtime.unroll_cpu_threefry(False) is False
+        jax.clear_caches()
+        rolled_text = jax.jit(draws).lower(key).as_text()
+        rolled = jax.jit(draws)(key)
+        if runtime.unroll_cpu_threefry(True, min_size=1) is False:
+            pytest.skip("VDVAE_JAX_DEFAULT_XLA=1 or this JAX lacks the pieces unroll_cpu_threefry swaps")
+        jax.clear_caches()
+        straight_text = jax.jit(draws).lower(key).as_text()
+        straight = jax.jit(draws)(key)
+    finally:
+        runtime.unroll_cpu_threefry(True)
+        jax.clear_caches()
+    if jax.default_backend() == "cpu":
+        assert "while" in rolled_text and "while" not in straight_text
+    for a, b in zip(rolled, straight):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -183,9 +183,9 @@ COMMANDS = {
 
 
 def main(argv=None) -> int:
-    from vdvae_jax.runtime import prefer_wide_cpu_vectors
+    from vdvae_jax.runtime import configure_cpu
 
-    prefer_wide_cpu_vectors()   # before the first JAX computation (see vdvae_jax.runtime)
+    configure_cpu()   # before the first JAX computation (see vdvae_jax.runtime)
     ap = argparse.ArgumentParser(prog="python -m vdvae_jax", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)

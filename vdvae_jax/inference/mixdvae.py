@@ -708,10 +708,43 @@ def _scass_cost(mix, v_x, mu, v_phi):
         _bins(log_v) + (jnp.real(d) ** 2 + jnp.imag(d) ** 2 + v_phi) * _bins(inv_v))
 
 
-def _scass_diagnostics(eta, cost, mu, v_phi, v_theta, q: Gaussian, p: Gaussian, dvae_losses):
+class _Bins(NamedTuple):
+    """Per-bin constants of an SC-ASS run, (T, [B,] F): the mixture's parts and power, log v, 1/v."""
+
+    re: jax.Array
+    im: jax.Array
+    power: jax.Array
+    log_v: jax.Array
+    inv_v: jax.Array
+
+
+def _scass_bins(mix, v_x) -> _Bins:
+    # materialised (and, depending on the data only, hoisted out of the iteration loop by XLA):
+    # fused into the per-source consumers, they would be recomputed for every source
+    re, im = jnp.real(mix), jnp.imag(mix)
+    return _Bins(*jax.lax.optimization_barrier((re, im, re * re + im * im, jnp.log(v_x), 1.0 / v_x)))
+
+
+def _scass_posterior(eta, bins: _Bins, v_theta):
+    """E-S in closed form on the stacked sources (T, S, [B,] F), the formulas of
+    :func:`~vdvae_jax.inference.mixdvae_source.scass_source_update`: :math:`v_\\phi = (\\eta/v + 1/v_\\theta)^{-1}`
+    and the real gain :math:`w = v_\\phi \\eta / v` of the posterior mean :math:`\\mu = w x`."""
+    gain = eta * _bins(bins.inv_v)
+    v_phi = 1.0 / (gain + 1.0 / v_theta)
+    return v_phi, v_phi * gain
+
+
+def _scass_cost_from_gain(bins: _Bins, w, v_phi):
+    """:func:`_scass_cost` for :math:`\\mu = w x`: :math:`|x - \\mu|^2 = (1 - w)^2 |x|^2`, so no complex
+    per-source array is read (same values up to rounding)."""
+    return jax.lax.optimization_barrier(
+        _bins(bins.log_v) + ((1.0 - w) ** 2 * _bins(bins.power) + v_phi) * _bins(bins.inv_v))
+
+
+def _scass_diagnostics(eta, cost, mu_power, v_phi, v_theta, q: Gaussian, p: Gaussian, dvae_losses):
     """The printed losses of :func:`_scass_printed` and the total ELBO of :func:`scass_elbo_terms` (summed
-    over the batch) from ``cost`` = :func:`_scass_cost`, in one pass over the shared tensors. Same values
-    up to rounding (``tests/test_mixdvae_vem.py``).
+    over the batch) from ``cost`` = :func:`_scass_cost` and ``mu_power`` = :math:`|\\mu|^2`, in one pass
+    over the shared tensors. Same values up to rounding (``tests/test_mixdvae_vem.py``).
 
     Each term is its own full reduction, which XLA fuses with the term's elementwise producer; one
     reduction of the stacked terms (as :func:`_mot_diagnostics` does with its 4-coordinate arrays)
@@ -726,7 +759,7 @@ def _scass_diagnostics(eta, cost, mu, v_phi, v_theta, q: Gaussian, p: Gaussian, 
     broadcast = -jnp.sum(eta, axis=1, keepdims=True) * cost   # the reference's eta broadcast (spec §7.2 #19)
     eta_cost, eta_log_eta, log_v_phi, dvae_s, wrong, eta_total = (jnp.sum(term) for term in (
         eta * cost, eta * jnp.log(eta + 1e-10), jnp.log(v_phi),
-        jnp.log(v_theta) + (jnp.real(mu) ** 2 + jnp.imag(mu) ** 2 + v_phi) / v_theta,
+        jnp.log(v_theta) + (mu_power + v_phi) / v_theta,
         jnp.where(jnp.isfinite(broadcast), broadcast, 0.0), eta))
     kl = 0.5 * jnp.sum(p.logvar - q.logvar + (jnp.exp(q.logvar) + (q.mean - p.mean) ** 2) * jnp.exp(-p.logvar) - 1.0)
     n_obs, n_src = eta.size // S, eta.size
@@ -866,22 +899,26 @@ def scass_vem(config, options: SCASSOptions = SCASSOptions(), *, params_stacked:
 
     def step(key, state, data):
         v_x = vx(data.mix)
+        bins = _scass_bins(data.mix, v_x)
         if o.order == "es_first":
-            upd, params, opt_state = es(key, state, state.eta, data)
-            cost = _scass_cost(data.mix, v_x, upd.mu, upd.v_phi)
-            eta = _softmax_sources(-cost, o.beta_floor, axis=1)
+            eta_es = state.eta
         else:
-            eta = scass_assignment(data.mix, v_x, state.mu, state.v_phi, o.beta_floor)
-            eta = jnp.where(state.iteration > 0, eta, state.eta)   # no posterior yet at i = 0
-            upd, params, opt_state = es(key, state, eta, data)
-            cost = _scass_cost(data.mix, v_x, upd.mu, upd.v_phi)
+            eta_es = scass_assignment(data.mix, v_x, state.mu, state.v_phi, o.beta_floor)
+            eta_es = jnp.where(state.iteration > 0, eta_es, state.eta)   # no posterior yet at i = 0
+        upd, params, opt_state = es(key, state, eta_es, data)
+        # the posterior again, on the stacked sources (the update's own v_phi and mu are left unread:
+        # computed inside the vmap, they come out with the source axis first and cost transposes)
+        v_phi, w = _scass_posterior(eta_es, bins, upd.v_theta_s)
+        cost = _scass_cost_from_gain(bins, w, v_phi)
+        eta = _softmax_sources(-cost, o.beta_floor, axis=1) if o.order == "es_first" else eta_es
+        mu = jax.lax.complex(w * _bins(bins.re), w * _bins(bins.im))
         if o.losses:
-            printed, elbo = _scass_diagnostics(eta, cost, upd.mu, upd.v_phi, upd.v_theta_s, upd.q, upd.p,
-                                               upd.loss)
+            printed, elbo = _scass_diagnostics(eta, cost, w * w * _bins(bins.power), v_phi, upd.v_theta_s,
+                                               upd.q, upd.p, upd.loss)
         else:   # nothing reads them: XLA drops the DVAE losses and the sums
             printed, elbo = (jnp.full((), jnp.nan, cost.dtype),) * 5, jnp.full((), jnp.nan, cost.dtype)
         conv = _converged(elbo, state.elbo, state.iteration, o.tol)
-        new = SCASSState(upd.s_power, eta, upd.mu, upd.v_phi, params, opt_state, elbo, state.done | conv,
+        new = SCASSState(upd.s_power, eta, mu, v_phi, params, opt_state, elbo, state.done | conv,
                          state.iteration + 1, upd.h_gates_next if reuse else None)
         if o.tol > 0:
             new = _freeze(state.done, new, state)

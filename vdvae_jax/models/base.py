@@ -33,7 +33,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.extend.random import threefry_2x32
+from jax.extend.random import threefry2x32_p
 
 from vdvae_jax.distributions import KL_MODES, Gaussian, kl_gaussian, observation_nll
 from vdvae_jax.nn.layers import ACTIVATIONS
@@ -251,9 +251,11 @@ def noise_pair(noise, names: tuple[str, str], shape: tuple, kind: str = "normal"
     n = math.prod(shape)
     if 2 * n >= 2**32:
         raise ValueError(f"noise_pair draws at most 2**31 values per array, asked for {n}")
-    bits = threefry_2x32(jax.random.key_data(key), jnp.arange(2 * n, dtype=jnp.uint32))
-    floats = _floats_from_bits(bits, kind)
-    return floats[:n].reshape(shape), floats[n:].reshape(shape)
+    # the hash of counts (c, c + n), c = 0..n-1, as jax.extend.random.threefry_2x32 computes it for the
+    # counts 0..2n-1, with its two words kept apart and in shape (no concatenation to copy)
+    k1, k2 = jax.random.key_data(key)
+    count = jnp.arange(n, dtype=jnp.uint32).reshape(shape)
+    return tuple(_floats_from_bits(b, kind) for b in threefry2x32_p.bind(k1, k2, count, count + jnp.uint32(n)))
 
 
 def draw_step(xs_t, shape: tuple, kind: str = "normal") -> jax.Array:
