@@ -94,10 +94,10 @@ def test_scass_stacked_different_priors_match_per_source_calls():
 
 
 def test_scass_reused_gates_equal_recomputed():
-    """SCASSOptions.reuse_gates: the E-Z input gates carried from the last E-S recursion are the gates of
-    the new encoder input (state invariant), and a run with them equals a run that recomputes them; a
-    given start power must have the (T, S, [B,] F) layout."""
-    from vdvae_jax.models.srnn_mixdvae import teacher_forced_gates
+    """SCASSOptions.reuse_gates: the E-Z h chain stepped in the last E-S recursion is the h chain of the
+    new encoder input (state invariant), and a run with it equals a run that recomputes it; a given
+    start power must have the (T, S, [B,] F) layout."""
+    from vdvae_jax.models.srnn_mixdvae import h_teacher_forced
 
     data = mv.scass_data(mv.stack_params([_sc_params(0), _sc_params(1)]), jnp.asarray(_mix(T=7, B=3)))
     runs = {}
@@ -105,15 +105,15 @@ def test_scass_reused_gates_equal_recomputed():
         alg = mv.scass_vem(SC, mv.SCASSOptions(reuse_gates=reuse))
         runs[reuse] = mv.solve(alg, jax.random.key(5), data, 3)
     (state, infos), (state_ref, infos_ref) = runs[True], runs[False]
-    assert state_ref.h_gates is None
+    assert state_ref.h_enc is None
     for n in range(2):
         params_n = jax.tree.map(lambda a: a[n], data.params)
-        np.testing.assert_allclose(state.h_gates[:, n], teacher_forced_gates(params_n, SC, state.s_power[:, n]),
+        np.testing.assert_allclose(state.h_enc[:, n], h_teacher_forced(params_n, SC, state.s_power[:, n]),
                                    rtol=1e-5, atol=1e-5)
     _close((infos.mu, infos.eta, infos.elbo), (infos_ref.mu, infos_ref.eta, infos_ref.elbo), rtol=1e-4, atol=1e-5)
     alg = mv.scass_vem(SC, mv.SCASSOptions())
     start = alg.init(jax.random.key(0), data, s_power=state.s_power)
-    np.testing.assert_allclose(start.h_gates, state.h_gates, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(start.h_enc, state.h_enc, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="s_power must be"):
         alg.init(jax.random.key(0), data, s_power=jnp.swapaxes(state.s_power, 0, 1))
 

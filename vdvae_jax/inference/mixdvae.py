@@ -96,7 +96,8 @@ from jax.sharding import PartitionSpec as P
 from vdvae_jax.distributions import Gaussian, observation_nll
 from vdvae_jax.inference import mixdvae_source as ms
 from vdvae_jax.inference.base import Algorithm, jit_small, resolve_devices, run
-from vdvae_jax.models.srnn_mixdvae import teacher_forced_gates
+from vdvae_jax.models.base import noise_pair_stacked
+from vdvae_jax.models.srnn_mixdvae import h_teacher_forced
 
 __all__ = [
     "MOTOptions", "SCASSOptions", "MOTData", "SCASSData", "MOTState", "SCASSState", "MOTInfo", "SCASSInfo",
@@ -165,7 +166,7 @@ class SCASSOptions:
     finetune: str = "off"
     finetune_lr: float = 1e-3
     tol: float = 0.0
-    reuse_gates: bool = True           # E-Z's h-chain input gates from the last E-S recursion (exact)
+    reuse_gates: bool = True           # E-Z's h chain stepped in the last E-S recursion (exact)
     losses: bool = True                # printed losses and ELBO every iteration (False: NaN, ~1/6 faster)
 
     @classmethod
@@ -226,8 +227,8 @@ class MOTState(NamedTuple):
 
 class SCASSState(NamedTuple):
     """Time-major with sources on axis 1: s_power (T, S, [B,] F), the next encoder input (sampled power);
-    eta, v_phi (T, S, [B,] F); mu complex; h_gates (T, S, [B,] 4H), the input gates of the encoder's h
-    chain on s_power (``SCASSOptions.reuse_gates``; else None). (The per-source update is vmapped over
+    eta, v_phi (T, S, [B,] F); mu complex; h_enc (T, S, [B,] H), the encoder's h chain on s_power
+    (``SCASSOptions.reuse_gates``; else None). (The per-source update is vmapped over
     axis 1, so its scans read and write these arrays in place, with no transposes.)"""
 
     s_power: jax.Array
@@ -239,7 +240,7 @@ class SCASSState(NamedTuple):
     elbo: jax.Array
     done: jax.Array
     iteration: jax.Array
-    h_gates: Any = None
+    h_enc: Any = None
 
 
 class MOTInfo(NamedTuple):
@@ -858,28 +859,34 @@ def scass_vem(config, options: SCASSOptions = SCASSOptions(), *, params_stacked:
         elif opt_state is None:
             opt_state = _finetune_setup(o.finetune, o.finetune_lr, p)[1]
         zero = jnp.zeros((), s0.dtype)
-        gates = None
+        h_enc = None
         if reuse:
-            gates = _map_sources(lambda pp, sp: teacher_forced_gates(pp, config, sp), data.params, p_axis, s0, S,
+            h_enc = _map_sources(lambda pp, sp: h_teacher_forced(pp, config, sp), data.params, p_axis, s0, S,
                                  source_map, xs_axes=1, out_axes=1)
         return SCASSState(s0, eta, jnp.zeros(s0.shape, mix.dtype), jnp.zeros_like(s0), p, opt_state, zero,
-                          jnp.asarray(False), jnp.asarray(0, jnp.int32), gates)
+                          jnp.asarray(False), jnp.asarray(0, jnp.int32), h_enc)
 
-    def es_sources(params, key, s_power, eta, data, gates=None):
+    def es_sources(params, key, s_power, eta, data, h_enc=None):
         S = s_power.shape[1]
         v_x = vx(data.mix)
+        keys = _per_source(key, S)
+        u = None
+        if _is_key(key):   # each source's complex noise, drawn in place on the sources axis 1 (the same bits)
+            u = noise_pair_stacked(keys, ms.COMPLEX_NOISE_NAMES, data.mix.shape,
+                                   ms.complex_noise_law(o.complex_noise), axis=1)
 
         def one(p, xs):
-            sp, eta_n, noise_n, gates_n = xs
+            sp, eta_n, noise_n, h_n, u_n = xs
             return ms.scass_source_update(p, config, sp, eta_n, v_x, data.mix, noise_n,
-                                          complex_noise=o.complex_noise, beta=o.kl_beta, h_gates=gates_n)
+                                          complex_noise=o.complex_noise, beta=o.kl_beta, h_enc=h_n,
+                                          next_h_enc=reuse, u=u_n)
 
-        return _map_sources(one, params, p_axis, (s_power, eta, _per_source(key, S), gates), S, source_map,
-                            xs_axes=(1, 1, 0, 1), out_axes=_SCASS_UPDATE_AXES)
+        return _map_sources(one, params, p_axis, (s_power, eta, keys, h_enc, u), S, source_map,
+                            xs_axes=(1, 1, 0, 1, 1), out_axes=_SCASS_UPDATE_AXES)
 
     def es(key, state, eta, data):
         if o.finetune == "off":
-            return es_sources(data.params, key, state.s_power, eta, data, state.h_gates), None, None
+            return es_sources(data.params, key, state.s_power, eta, data, state.h_enc), None, None
         params = state.params
 
         def total(pp):
@@ -919,7 +926,7 @@ def scass_vem(config, options: SCASSOptions = SCASSOptions(), *, params_stacked:
             printed, elbo = (jnp.full((), jnp.nan, cost.dtype),) * 5, jnp.full((), jnp.nan, cost.dtype)
         conv = _converged(elbo, state.elbo, state.iteration, o.tol)
         new = SCASSState(upd.s_power, eta, mu, v_phi, params, opt_state, elbo, state.done | conv,
-                         state.iteration + 1, upd.h_gates_next if reuse else None)
+                         state.iteration + 1, upd.h_enc_next if reuse else None)
         if o.tol > 0:
             new = _freeze(state.done, new, state)
         info = SCASSInfo(*printed, elbo, new.done,

@@ -70,6 +70,7 @@ __all__ = [
 ]
 
 COMPLEX_NOISE = ("uniform", "gaussian")
+COMPLEX_NOISE_NAMES = ("u_re", "u_im")   # the noise dict's entries (and the key's sub-stream) of u
 
 
 class MOTSourceUpdate(NamedTuple):
@@ -102,7 +103,8 @@ class SCASSSourceUpdate(NamedTuple):
       v_theta_s: DVAE source variance; v_phi, mu: posterior variance / complex mean of the source STFT;
       s, s_power: complex source sample and its power (the next encoder input);
       z, q, p, h_dec: latents, posterior, prior, decoder LSTM outputs; recon, kl, loss: per-frame terms;
-      h_gates_next: (T, [B,] 4H) input gates of the h chain on ``s_power`` (the next E-Z's ``h_gates``).
+      h_enc_next: (T, [B,] H) the encoder's h chain on ``s_power`` (the next E-Z's ``h_enc``), when asked
+        for with ``next_h_enc=True``; else None.
     """
 
     v_theta_s: jax.Array
@@ -117,7 +119,7 @@ class SCASSSourceUpdate(NamedTuple):
     recon: jax.Array
     kl: jax.Array
     loss: jax.Array
-    h_gates_next: jax.Array
+    h_enc_next: jax.Array | None
 
 
 def observation_weights(eta, obs, mask=None):
@@ -262,14 +264,19 @@ def scass_vem_initialization(params, config, mix_power, noise) -> jax.Array:
 def _complex_noise(noise, length, shape, kind):
     """``(u_re, u_im)``, each (length, *shape), drawn before the scan in one Threefry pass
     (:func:`~vdvae_jax.models.base.noise_pair`; ``kind`` picks the law) or taken from the dict."""
+    return noise_pair(noise, COMPLEX_NOISE_NAMES, (length,) + shape, complex_noise_law(kind))
+
+
+def complex_noise_law(kind: str) -> str:
+    """The law of u for ``complex_noise`` = ``kind``: ``"uniform"`` (reference) or ``"normal"``."""
     if kind not in COMPLEX_NOISE:
         raise ValueError(f"complex_noise must be one of {COMPLEX_NOISE}, got {kind!r}")
-    return noise_pair(noise, ("u_re", "u_im"), (length,) + shape, "uniform" if kind == "uniform" else "normal")
+    return "uniform" if kind == "uniform" else "normal"
 
 
 def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
                         complex_noise: str = "uniform", first_input=None, beta: float = 0.01,
-                        h_gates=None) -> SCASSSourceUpdate:
+                        h_enc=None, next_h_enc: bool = False, u=None) -> SCASSSourceUpdate:
     """SC-ASS E-Z + E-S for one source (the reference's ``forward(s_power, Eta, v_theta_x, mix_stft)``).
 
     Args:
@@ -283,20 +290,29 @@ def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
         the draws follow this option; given arrays are used as they are.
       first_input: ([B,] F) first decoder-LSTM input; default ``s_power[0]`` as in the reference.
       beta: KL weight of ``loss`` (0.01 in the SC-ASS configs).
-      h_gates: (T, [B,] 4H) input gates of the encoder's h chain on ``s_power``, when the caller has them:
-        the ``h_gates_next`` of the previous update with the same weights (the decoder recursion
-        projected exactly these frames). Default: computed from ``s_power``.
+      h_enc: (T, [B,] H) the encoder's h chain on ``s_power``, when the caller has it: the ``h_enc_next``
+        of the previous update with the same weights. Default: computed from ``s_power``.
+      next_h_enc: also step the next E-Z's h chain, on the new sample, inside the recursion (see below).
+      u: ``(u_re, u_im)``, each (T, [B,] F), the complex noise when the caller draws it (e.g.
+        :func:`~vdvae_jax.models.base.noise_pair_stacked` for all sources at once); default: from ``noise``
+        as ``complex_noise`` says.
 
-    The recursion carries only what the next step reads and emits :math:`v_\\theta`, the sampled power,
-    :math:`h^{dec}` and the projected decoder inputs; :math:`v_\\phi`, :math:`\\mu` and :math:`\\tilde s`
-    are elementwise in those and are recomputed after the scan with the step's own formulas (same values).
+    The recursion carries only what the next step reads and emits :math:`v_\\theta`, the sampled power
+    and :math:`h^{dec}`; :math:`v_\\phi`, :math:`\\mu` and :math:`\\tilde s` are elementwise in those and
+    are recomputed after the scan with the step's own formulas (same values).
+
+    The next E-Z reads the new sample through its h chain, :math:`h_t = \\mathrm{LSTM}(h_{t-1},
+    \\phi(P_{t-1}))` with :math:`P_{-1} = 0`: the decoder chain's own inputs for t >= 1. With
+    ``next_h_enc`` that chain steps beside the decoder chain (same weights, one product for both) and
+    is returned as ``h_enc_next``, so the next call, given it as ``h_enc``, runs no h chain of its own.
     """
     c = config
-    h_enc = h_teacher_forced(params, c, s_power, h_gates)                     # E-Z
+    if h_enc is None:
+        h_enc = h_teacher_forced(params, c, s_power)                            # E-Z
     z, q, _ = srnn_encode_from_h(params, c, s_power, h_enc, noise)
     length = s_power.shape[0]
     shape = s_power.shape[1:]
-    u_re, u_im = _complex_noise(noise, length, shape, complex_noise)
+    u_re, u_im = _complex_noise(noise, length, shape, complex_noise) if u is None else u
     gain_x = jnp.broadcast_to(eta, s_power.shape) / v_theta_x                 # eta / v_x
     mix_re, mix_im = jnp.real(mix), jnp.imag(mix)
     x0 = s_power[0] if first_input is None else first_input
@@ -310,26 +326,31 @@ def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
         mu_re, mu_im = w * mix_re, w * mix_im
         return v_phi, mu_re, mu_im, mu_re + scale * u_re, mu_im + scale * u_im
 
+    zero_gates = h_input_gates(params, c, jnp.zeros_like(x0))                  # the next chain's input at t = 0
+    chains = 2 if next_h_enc else 1                                           # [decoder, next encoder]
+
     def step(carry, inputs):
         state, x_in = carry
-        z_t, *elementwise = inputs
+        first_t, z_t, *elementwise = inputs
         gates_t = h_input_gates(params, c, x_in)
+        if next_h_enc:
+            gates_t = jnp.stack([gates_t, jnp.where(first_t, zero_gates, gates_t)])
         state, h_t = lstm_step(p_h, state, gates_t)
-        v_theta = jnp.exp(decoder_from_h(params, c, z_t, h_t).logvar)
+        h_dec_t = h_t[0] if next_h_enc else h_t
+        v_theta = jnp.exp(decoder_from_h(params, c, z_t, h_dec_t).logvar)
         _, _, _, re, im = posterior(v_theta, *elementwise)
         power = re * re + im * im
-        return (state, jax.lax.stop_gradient(power)), (v_theta, power, h_t, gates_t)
+        return (state, jax.lax.stop_gradient(power)), (v_theta, power, h_t)
 
-    carry0 = (zero_carry(shape[:-1], c.dim_rnn_h, x0.dtype), x0)
-    _, (v_theta, power, h_dec, dec_gates) = jax.lax.scan(
-        step, carry0, (z, gain_x, mix_re, mix_im, u_re, u_im))
+    batch = shape[:-1] if chains == 1 else (chains,) + shape[:-1]
+    carry0 = (zero_carry(batch, c.dim_rnn_h, x0.dtype), x0)
+    first = jnp.arange(length) == 0
+    _, (v_theta, power, h_all) = jax.lax.scan(step, carry0, (first, z, gain_x, mix_re, mix_im, u_re, u_im))
+    h_dec, h_enc_next = (h_all[:, 0], h_all[:, 1]) if next_h_enc else (h_all, None)
     v_phi, mu_re, mu_im, s_re, s_im = posterior(v_theta, gain_x, mix_re, mix_im, u_re, u_im)
-    # the next E-Z reads s_power = power through h_t = LSTM(phi(power_{t-1})), t >= 1: the decoder's own
-    # inputs at t >= 1; its t = 0 input is x_{-1} = 0
-    h_gates_next = dec_gates.at[0].set(h_input_gates(params, c, jnp.zeros_like(x0)))
     p = prior_from_h(params, c, z, h_dec)
     steps = math.prod(s_power.shape[:-1])
     recon = itakura_saito(power, v_theta, c.is_eps) / steps   # observation_nll("is") without its log/exp trip
     kl = kl_gaussian(q, p, mode=c.kl_mode, var_eps=c.kl_var_eps) / steps
     return SCASSSourceUpdate(v_theta, v_phi, jax.lax.complex(mu_re, mu_im), jax.lax.complex(s_re, s_im), power,
-                             z, q, p, h_dec, recon, kl, recon + beta * kl, h_gates_next)
+                             z, q, p, h_dec, recon, kl, recon + beta * kl, h_enc_next)

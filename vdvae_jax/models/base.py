@@ -49,6 +49,7 @@ __all__ = [
     "draw_step",
     "drawn_steps",
     "noise_pair",
+    "noise_pair_stacked",
     "loss_from_outputs",
     "network_input",
     "batch_loss",
@@ -248,14 +249,46 @@ def noise_pair(noise, names: tuple[str, str], shape: tuple, kind: str = "normal"
     key = _subkey(noise, "+".join(names))
     if str(jax.random.key_impl(key)) != "threefry2x32":
         return tuple(noise_array(key, n, shape, kind) for n in names)
+    return _hashed_pair(jax.random.key_data(key), shape, kind, None)
+
+
+def noise_pair_stacked(keys, names: tuple[str, str], shape: tuple, kind: str = "normal", axis: int = 0):
+    """:func:`noise_pair` for a stack of keys ``keys`` (S,) at once: two arrays of ``shape`` with the key
+    axis inserted at ``axis``, whose slice n equals ``noise_pair(keys[n], names, shape, kind)`` (Threefry
+    keys; other key implementations are drawn by ``jax.vmap`` of :func:`noise_pair`, the same law).
+
+    Drawn where they are used (e.g. the sources axis 1 of time-major SC-ASS arrays), the arrays need no
+    transpose, which ``jax.vmap`` of :func:`noise_pair` over the keys costs (its batch axis comes first)."""
+    subkeys = jax.vmap(lambda k: _subkey(k, "+".join(names)))(keys)
+    if str(jax.random.key_impl(subkeys)) != "threefry2x32":
+        pairs = jax.vmap(lambda k: noise_pair(k, names, shape, kind))(keys)
+        return tuple(jnp.moveaxis(a, 0, axis) for a in pairs)
+    return _hashed_pair(jax.random.key_data(subkeys), shape, kind, axis)
+
+
+def _hashed_pair(key_data, shape: tuple, kind: str, axis):
+    """The two float arrays of :func:`noise_pair` from raw key words, (2,) or, with ``axis``, (S, 2)
+    stacked keys whose axis is inserted at ``axis`` of the outputs.
+
+    The hash of counts (c, c + n), c = 0..n-1, is what ``jax.extend.random.threefry_2x32`` computes for
+    the counts 0..2n-1, with its two words kept apart and in shape (no concatenation to copy). The pair
+    is written as one complex array: XLA:CPU would otherwise give each word its own fusion and hash twice.
+    """
     n = math.prod(shape)
     if 2 * n >= 2**32:
         raise ValueError(f"noise_pair draws at most 2**31 values per array, asked for {n}")
-    # the hash of counts (c, c + n), c = 0..n-1, as jax.extend.random.threefry_2x32 computes it for the
-    # counts 0..2n-1, with its two words kept apart and in shape (no concatenation to copy)
-    k1, k2 = jax.random.key_data(key)
     count = jnp.arange(n, dtype=jnp.uint32).reshape(shape)
-    return tuple(_floats_from_bits(b, kind) for b in threefry2x32_p.bind(k1, k2, count, count + jnp.uint32(n)))
+    k1, k2 = key_data[..., 0], key_data[..., 1]
+    if axis is not None:
+        out = shape[:axis] + (key_data.shape[0],) + shape[axis:]
+        others = tuple(d for d in range(len(out)) if d != axis)
+        k1, k2 = (jnp.broadcast_to(jnp.expand_dims(k, others), out) for k in (k1, k2))
+        count = jnp.broadcast_to(jnp.expand_dims(count, axis), out)
+    else:
+        k1, k2 = (jnp.broadcast_to(k, shape) for k in (k1, k2))
+    words = threefry2x32_p.bind(k1, k2, count, count + jnp.uint32(n))
+    pair = jax.lax.optimization_barrier(jax.lax.complex(*(_floats_from_bits(b, kind) for b in words)))
+    return jnp.real(pair), jnp.imag(pair)
 
 
 def draw_step(xs_t, shape: tuple, kind: str = "normal") -> jax.Array:
