@@ -484,3 +484,29 @@ def test_lstm_scan_gates_equals_lstm_scan():
         np.testing.assert_allclose(gated(params, xs), plain(params, xs), rtol=1e-6)
         chex.assert_trees_all_close(jax.grad(gated, argnums=(0, 1))(params, xs),
                                     jax.grad(plain, argnums=(0, 1))(params, xs), atol=1e-6)
+
+
+def test_pad_columns_keeps_the_layer():
+    """dense(pad_columns(p), x)[..., :n] == dense(p, x); widths already a multiple are returned as given."""
+    from vdvae_jax.nn.layers import dense, pad_columns
+
+    k = jax.random.split(jax.random.key(17), 3)
+    p = {"kernel": jax.random.normal(k[0], (6, 13)), "bias": jax.random.normal(k[1], (13,))}
+    x = jax.random.normal(k[2], (4, 6))
+    padded = pad_columns(p)
+    assert padded["kernel"].shape == (6, 16) and padded["bias"].shape == (16,)
+    np.testing.assert_allclose(dense(padded, x)[..., :13], dense(p, x), rtol=1e-6, atol=1e-6)
+    assert pad_columns(padded) is padded
+
+
+def test_noise_pair_stacked_equals_noise_pair_per_key():
+    """noise_pair_stacked puts noise_pair(keys[n]) at index n of its axis, bit for bit (Threefry keys)."""
+    from vdvae_jax.models.base import noise_pair, noise_pair_stacked
+
+    keys = jax.random.split(jax.random.key(8), 3)
+    for kind in ("uniform", "normal"):
+        stacked = noise_pair_stacked(keys, ("a", "b"), (4, 2, 5), kind, axis=1)
+        assert stacked[0].shape == (4, 3, 2, 5)
+        for n in range(3):
+            for got, want in zip(stacked, noise_pair(keys[n], ("a", "b"), (4, 2, 5), kind)):
+                np.testing.assert_array_equal(got[:, n], want)

@@ -57,7 +57,7 @@ from vdvae_jax.models.base import drawn_steps, network_input, noise_pair
 from vdvae_jax.models.srnn import srnn_encode_from_h
 from vdvae_jax.models.srnn_mixdvae import (decoder_from_h, encoder_for, h_input_gates, h_teacher_forced,
                                            prior_from_h)
-from vdvae_jax.nn.layers import concat_matmul, lstm_step, mlp_parts, unrolled_matmul, zero_carry
+from vdvae_jax.nn.layers import concat_matmul, lstm_step, mlp_parts, pad_columns, unrolled_matmul, zero_carry
 
 __all__ = [
     "MOTSourceUpdate",
@@ -327,6 +327,8 @@ def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
         return v_phi, mu_re, mu_im, mu_re + scale * u_re, mu_im + scale * u_im
 
     zero_gates = h_input_gates(params, c, jnp.zeros_like(x0))                  # the next chain's input at t = 0
+    width = s_power.shape[-1]
+    padded = {**params, "gen_logvar": pad_columns(params["gen_logvar"])}       # same values, faster product
     chains = 2 if next_h_enc else 1                                           # [decoder, next encoder]
 
     def step(carry, inputs):
@@ -337,7 +339,7 @@ def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
             gates_t = jnp.stack([gates_t, jnp.where(first_t, zero_gates, gates_t)])
         state, h_t = lstm_step(p_h, state, gates_t)
         h_dec_t = h_t[0] if next_h_enc else h_t
-        v_theta = jnp.exp(decoder_from_h(params, c, z_t, h_dec_t).logvar)
+        v_theta = jnp.exp(decoder_from_h(padded, c, z_t, h_dec_t).logvar[..., :width])
         _, _, _, re, im = posterior(v_theta, *elementwise)
         power = re * re + im * im
         return (state, jax.lax.stop_gradient(power)), (v_theta, power, h_t)

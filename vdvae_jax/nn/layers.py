@@ -147,6 +147,18 @@ def dense(params, x: jax.Array) -> jax.Array:
     return x @ params["kernel"] + params["bias"]
 
 
+def pad_columns(params, multiple: int = 16):
+    """A :class:`Dense` parameter dict with zero output columns appended up to a multiple of ``multiple``:
+    ``dense(pad_columns(p), x)[..., :n]`` equals ``dense(p, x)``. XLA:CPU's product kernels handle such
+    widths faster; inside a loop over frames, (32, 256) x (256, 513) took 193 us, x (256, 528) 147 us."""
+    n = params["kernel"].shape[-1]
+    extra = -n % multiple
+    if extra == 0:
+        return params
+    return {"kernel": jnp.pad(params["kernel"], ((0, 0),) * (params["kernel"].ndim - 1) + ((0, extra),)),
+            "bias": jnp.pad(params["bias"], ((0, 0),) * (params["bias"].ndim - 1) + ((0, extra),))}
+
+
 def unrolled_matmul(parts: Sequence[jax.Array], kernel: jax.Array) -> jax.Array:
     """``concatenate(parts, -1) @ kernel`` written as a sum of broadcast products, one per kernel row.
 
