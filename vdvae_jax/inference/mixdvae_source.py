@@ -329,26 +329,27 @@ def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
     zero_gates = h_input_gates(params, c, jnp.zeros_like(x0))                  # the next chain's input at t = 0
     width = s_power.shape[-1]
     padded = {**params, "gen_logvar": pad_columns(params["gen_logvar"])}       # same values, faster product
-    chains = 2 if next_h_enc else 1                                           # [decoder, next encoder]
 
     def step(carry, inputs):
-        state, x_in = carry
+        state, state_enc, x_in = carry
         first_t, z_t, *elementwise = inputs
         gates_t = h_input_gates(params, c, x_in)
-        if next_h_enc:
-            gates_t = jnp.stack([gates_t, jnp.where(first_t, zero_gates, gates_t)])
         state, h_t = lstm_step(p_h, state, gates_t)
-        h_dec_t = h_t[0] if next_h_enc else h_t
-        v_theta = jnp.exp(decoder_from_h(padded, c, z_t, h_dec_t).logvar[..., :width])
+        if next_h_enc:   # two (B, H) products ran faster than one (2B, H) product of the stacked chains
+            # (materialised: the select fused into the LSTM cell made that fusion ~8x slower on XLA:CPU)
+            gates_enc = jax.lax.optimization_barrier(jnp.where(first_t, zero_gates, gates_t))
+            state_enc, h_enc_t = lstm_step(p_h, state_enc, gates_enc)
+        v_theta = jnp.exp(decoder_from_h(padded, c, z_t, h_t).logvar[..., :width])
         _, _, _, re, im = posterior(v_theta, *elementwise)
         power = re * re + im * im
-        return (state, jax.lax.stop_gradient(power)), (v_theta, power, h_t)
+        outputs = (v_theta, power, h_t) + ((h_enc_t,) if next_h_enc else ())
+        return (state, state_enc, jax.lax.stop_gradient(power)), outputs
 
-    batch = shape[:-1] if chains == 1 else (chains,) + shape[:-1]
-    carry0 = (zero_carry(batch, c.dim_rnn_h, x0.dtype), x0)
+    zeros = zero_carry(shape[:-1], c.dim_rnn_h, x0.dtype)
     first = jnp.arange(length) == 0
-    _, (v_theta, power, h_all) = jax.lax.scan(step, carry0, (first, z, gain_x, mix_re, mix_im, u_re, u_im))
-    h_dec, h_enc_next = (h_all[:, 0], h_all[:, 1]) if next_h_enc else (h_all, None)
+    _, (v_theta, power, h_dec, *h_enc_next) = jax.lax.scan(
+        step, (zeros, zeros if next_h_enc else None, x0), (first, z, gain_x, mix_re, mix_im, u_re, u_im))
+    h_enc_next = h_enc_next[0] if next_h_enc else None
     v_phi, mu_re, mu_im, s_re, s_im = posterior(v_theta, gain_x, mix_re, mix_im, u_re, u_im)
     p = prior_from_h(params, c, z, h_dec)
     steps = math.prod(s_power.shape[:-1])
