@@ -101,3 +101,16 @@ def test_bench_lstm_grad_smoke(tmp_path):
     assert [(r["setting"], r["implementation"]) for r in records[1:]] == [
         ("shared", "lstm_scan"), ("shared", "autodiff"), ("per_sequence", "lstm_scan"), ("per_sequence", "autodiff")]
     assert all(r["step_s"] > 0 and r["max_grad_diff"] < 1e-3 for r in records[1:])
+
+
+def test_bench_rng_and_cpu_kernels_smoke(tmp_path):
+    """Both probes run; each checks inside that its two variants give the same numbers."""
+    run([str(REPO / "benchmarks/bench_rng.py"), "--shape", "300", "300", "--repeat", "1",
+         "--out", str(tmp_path / "r.jsonl")], tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [r["law"] for r in records[1:]] == ["uniform", "uniform", "normal", "normal"]
+    assert all(r["step_wall_s"] > 0 for r in records[1:])
+    run([str(REPO / "benchmarks/bench_cpu_kernels.py"), "--repeat", "1", "--out", str(tmp_path / "k.jsonl")], tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "k.jsonl").read_text().splitlines()]
+    assert [r["bench"] for r in records[1:]] == ["lstm_cell_frame", "lstm_backward_product", "output_columns"]
+    assert all(r["plain_ms"] > 0 and r["as_in_library_ms"] > 0 for r in records[1:])

@@ -336,7 +336,7 @@ def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
         gates_t = h_input_gates(params, c, x_in)
         state, h_t = lstm_step(p_h, state, gates_t)
         if next_h_enc:   # two (B, H) products ran faster than one (2B, H) product of the stacked chains
-            # (materialised: the select fused into the LSTM cell made that fusion ~8x slower on XLA:CPU)
+            # (materialised, as nn.layers.frame_inputs does: fused into the LSTM cell, the select slows it)
             gates_enc = jax.lax.optimization_barrier(jnp.where(first_t, zero_gates, gates_t))
             state_enc, h_enc_t = lstm_step(p_h, state_enc, gates_enc)
         v_theta = jnp.exp(decoder_from_h(padded, c, z_t, h_t).logvar[..., :width])
