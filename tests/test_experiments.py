@@ -103,8 +103,8 @@ def test_bench_lstm_grad_smoke(tmp_path):
     assert all(r["step_s"] > 0 and r["max_grad_diff"] < 1e-3 for r in records[1:])
 
 
-def test_bench_rng_and_cpu_kernels_smoke(tmp_path):
-    """Both probes run; each checks inside that its two variants give the same numbers."""
+def test_bench_rng_cpu_kernels_and_scass_profile_smoke(tmp_path):
+    """The probes run; bench_rng and bench_cpu_kernels check inside that their two variants agree."""
     run([str(REPO / "benchmarks/bench_rng.py"), "--shape", "300", "300", "--repeat", "1",
          "--out", str(tmp_path / "r.jsonl")], tmp_path)
     records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
@@ -114,3 +114,8 @@ def test_bench_rng_and_cpu_kernels_smoke(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "k.jsonl").read_text().splitlines()]
     assert [r["bench"] for r in records[1:]] == ["lstm_cell_frame", "lstm_backward_product", "output_columns"]
     assert all(r["plain_ms"] > 0 and r["as_in_library_ms"] > 0 for r in records[1:])
+    run([str(REPO / "benchmarks/profile_scass.py"), "--smoke", "--top", "5", "--out", str(tmp_path / "p.jsonl")],
+        tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert records[1]["bench"] == "scass_profile" and len(records) == 7
+    assert all(r["ms_per_iteration"] >= 0 and r["calls_per_iteration"] > 0 for r in records[2:])
