@@ -303,8 +303,9 @@ def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
 
     The next E-Z reads the new sample through its h chain, :math:`h_t = \\mathrm{LSTM}(h_{t-1},
     \\phi(P_{t-1}))` with :math:`P_{-1} = 0`: the decoder chain's own inputs for t >= 1. With
-    ``next_h_enc`` that chain steps beside the decoder chain (same weights, one product for both) and
-    is returned as ``h_enc_next``, so the next call, given it as ``h_enc``, runs no h chain of its own.
+    ``next_h_enc`` that chain steps beside the decoder chain (same weights, its own recurrent product;
+    input gates of 0 at t = 0) and is returned as ``h_enc_next``, so the next call, given it as
+    ``h_enc``, runs no h chain of its own.
     """
     c = config
     if h_enc is None:
