@@ -873,7 +873,7 @@ def scass_vem(config, options: SCASSOptions = SCASSOptions(), *, params_stacked:
         u = None
         if _is_key(key):   # each source's complex noise, drawn in place on the sources axis 1 (the same bits)
             u = noise_pair_stacked(keys, ms.COMPLEX_NOISE_NAMES, data.mix.shape,
-                                   ms.complex_noise_law(o.complex_noise), axis=1)
+                                   ms.complex_noise_law(o.complex_noise), axis=1, as_complex=True)
 
         def one(p, xs):
             sp, eta_n, noise_n, h_n, u_n = xs

@@ -293,9 +293,9 @@ def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
       h_enc: (T, [B,] H) the encoder's h chain on ``s_power``, when the caller has it: the ``h_enc_next``
         of the previous update with the same weights. Default: computed from ``s_power``.
       next_h_enc: also step the next E-Z's h chain, on the new sample, inside the recursion (see below).
-      u: ``(u_re, u_im)``, each (T, [B,] F), the complex noise when the caller draws it (e.g.
-        :func:`~vdvae_jax.models.base.noise_pair_stacked` for all sources at once); default: from ``noise``
-        as ``complex_noise`` says.
+      u: ``(u_re, u_im)``, each (T, [B,] F), or the complex ``u_re + i u_im``: the noise when the caller
+        draws it (e.g. :func:`~vdvae_jax.models.base.noise_pair_stacked` for all sources at once); default:
+        from ``noise`` as ``complex_noise`` says.
 
     The recursion carries only what the next step reads and emits :math:`v_\\theta`, the sampled power
     and :math:`h^{dec}`; :math:`v_\\phi`, :math:`\\mu` and :math:`\\tilde s` are elementwise in those and
@@ -313,19 +313,21 @@ def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
     z, q, _ = srnn_encode_from_h(params, c, s_power, h_enc, noise)
     length = s_power.shape[0]
     shape = s_power.shape[1:]
-    u_re, u_im = _complex_noise(noise, length, shape, complex_noise) if u is None else u
+    if u is None:
+        u = _complex_noise(noise, length, shape, complex_noise)
+    u = jax.lax.complex(*u) if isinstance(u, tuple) else u    # the scan reads its parts frame by frame
     gain_x = jnp.broadcast_to(eta, s_power.shape) / v_theta_x                 # eta / v_x
     mix_re, mix_im = jnp.real(mix), jnp.imag(mix)
     x0 = s_power[0] if first_input is None else first_input
     p_h = params["rnn_h"]["forward"]
 
-    def posterior(v_theta, gain_x, mix_re, mix_im, u_re, u_im):
+    def posterior(v_theta, gain_x, mix_re, mix_im, u):
         """E-S in closed form and the sample: ``(v_phi, mu_re, mu_im, s_re, s_im)``."""
         v_phi = 1.0 / (gain_x + 1.0 / v_theta)
         w = v_phi * gain_x
         scale = jnp.sqrt(v_phi / 2.0)
         mu_re, mu_im = w * mix_re, w * mix_im
-        return v_phi, mu_re, mu_im, mu_re + scale * u_re, mu_im + scale * u_im
+        return v_phi, mu_re, mu_im, mu_re + scale * jnp.real(u), mu_im + scale * jnp.imag(u)
 
     zero_gates = h_input_gates(params, c, jnp.zeros_like(x0))                  # the next chain's input at t = 0
     width = s_power.shape[-1]
@@ -349,9 +351,9 @@ def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
     zeros = zero_carry(shape[:-1], c.dim_rnn_h, x0.dtype)
     first = jnp.arange(length) == 0
     _, (v_theta, power, h_dec, *h_enc_next) = jax.lax.scan(
-        step, (zeros, zeros if next_h_enc else None, x0), (first, z, gain_x, mix_re, mix_im, u_re, u_im))
+        step, (zeros, zeros if next_h_enc else None, x0), (first, z, gain_x, mix_re, mix_im, u))
     h_enc_next = h_enc_next[0] if next_h_enc else None
-    v_phi, mu_re, mu_im, s_re, s_im = posterior(v_theta, gain_x, mix_re, mix_im, u_re, u_im)
+    v_phi, mu_re, mu_im, s_re, s_im = posterior(v_theta, gain_x, mix_re, mix_im, u)
     p = prior_from_h(params, c, z, h_dec)
     steps = math.prod(s_power.shape[:-1])
     recon = itakura_saito(power, v_theta, c.is_eps) / steps   # observation_nll("is") without its log/exp trip

@@ -249,26 +249,31 @@ def noise_pair(noise, names: tuple[str, str], shape: tuple, kind: str = "normal"
     key = _subkey(noise, "+".join(names))
     if str(jax.random.key_impl(key)) != "threefry2x32":
         return tuple(noise_array(key, n, shape, kind) for n in names)
-    return _hashed_pair(jax.random.key_data(key), shape, kind, None)
+    pair = _hashed_pair(jax.random.key_data(key), shape, kind, None)
+    return jnp.real(pair), jnp.imag(pair)
 
 
-def noise_pair_stacked(keys, names: tuple[str, str], shape: tuple, kind: str = "normal", axis: int = 0):
+def noise_pair_stacked(keys, names: tuple[str, str], shape: tuple, kind: str = "normal", axis: int = 0,
+                       as_complex: bool = False):
     """:func:`noise_pair` for a stack of keys ``keys`` (S,) at once: two arrays of ``shape`` with the key
     axis inserted at ``axis``, whose slice n equals ``noise_pair(keys[n], names, shape, kind)`` (Threefry
     keys; other key implementations are drawn by ``jax.vmap`` of :func:`noise_pair`, the same law).
 
     Drawn where they are used (e.g. the sources axis 1 of time-major SC-ASS arrays), the arrays need no
-    transpose, which ``jax.vmap`` of :func:`noise_pair` over the keys costs (its batch axis comes first)."""
+    transpose, which ``jax.vmap`` of :func:`noise_pair` over the keys costs (its batch axis comes first).
+    ``as_complex``: one complex array, first + i second (as the hash writes them; no pass to split them)."""
     subkeys = jax.vmap(lambda k: _subkey(k, "+".join(names)))(keys)
     if str(jax.random.key_impl(subkeys)) != "threefry2x32":
         pairs = jax.vmap(lambda k: noise_pair(k, names, shape, kind))(keys)
-        return tuple(jnp.moveaxis(a, 0, axis) for a in pairs)
-    return _hashed_pair(jax.random.key_data(subkeys), shape, kind, axis)
+        first, second = (jnp.moveaxis(a, 0, axis) for a in pairs)
+        return jax.lax.complex(first, second) if as_complex else (first, second)
+    pair = _hashed_pair(jax.random.key_data(subkeys), shape, kind, axis)
+    return pair if as_complex else (jnp.real(pair), jnp.imag(pair))
 
 
 def _hashed_pair(key_data, shape: tuple, kind: str, axis):
-    """The two float arrays of :func:`noise_pair` from raw key words, (2,) or, with ``axis``, (S, 2)
-    stacked keys whose axis is inserted at ``axis`` of the outputs.
+    """The two float arrays of :func:`noise_pair` as one complex array (first + i second), from raw key
+    words, (2,) or, with ``axis``, (S, 2) stacked keys whose axis is inserted at ``axis`` of the output.
 
     The hash of counts (c, c + n), c = 0..n-1, is what ``jax.extend.random.threefry_2x32`` computes for
     the counts 0..2n-1, with its two words kept apart and in shape (no concatenation to copy). The pair
@@ -287,8 +292,7 @@ def _hashed_pair(key_data, shape: tuple, kind: str, axis):
     else:
         k1, k2 = (jnp.broadcast_to(k, shape) for k in (k1, k2))
     words = threefry2x32_p.bind(k1, k2, count, count + jnp.uint32(n))
-    pair = jax.lax.optimization_barrier(jax.lax.complex(*(_floats_from_bits(b, kind) for b in words)))
-    return jnp.real(pair), jnp.imag(pair)
+    return jax.lax.optimization_barrier(jax.lax.complex(*(_floats_from_bits(b, kind) for b in words)))
 
 
 def draw_step(xs_t, shape: tuple, kind: str = "normal") -> jax.Array:
