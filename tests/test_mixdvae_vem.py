@@ -93,8 +93,8 @@ def test_scass_stacked_different_priors_match_per_source_calls():
     np.testing.assert_allclose(np.sum(info.eta, 1), 1.0, rtol=1e-6)
 
 
-def test_scass_reused_gates_equal_recomputed():
-    """SCASSOptions.reuse_gates: the E-Z h chain stepped in the last E-S recursion is the h chain of the
+def test_scass_reused_h_chain_equals_recomputed():
+    """SCASSOptions.reuse_h_chain: the E-Z h chain stepped in the last E-S recursion is the h chain of the
     new encoder input (state invariant), and a run with it equals a run that recomputes it; a given
     start power must have the (T, S, [B,] F) layout."""
     from vdvae_jax.models.srnn_mixdvae import h_teacher_forced
@@ -102,7 +102,7 @@ def test_scass_reused_gates_equal_recomputed():
     data = mv.scass_data(mv.stack_params([_sc_params(0), _sc_params(1)]), jnp.asarray(_mix(T=7, B=3)))
     runs = {}
     for reuse in (True, False):
-        alg = mv.scass_vem(SC, mv.SCASSOptions(reuse_gates=reuse))
+        alg = mv.scass_vem(SC, mv.SCASSOptions(reuse_h_chain=reuse))
         runs[reuse] = mv.solve(alg, jax.random.key(5), data, 3)
     (state, infos), (state_ref, infos_ref) = runs[True], runs[False]
     assert state_ref.h_enc is None

@@ -166,7 +166,7 @@ class SCASSOptions:
     finetune: str = "off"
     finetune_lr: float = 1e-3
     tol: float = 0.0
-    reuse_gates: bool = True           # E-Z's h chain stepped in the last E-S recursion (exact)
+    reuse_h_chain: bool = True         # E-Z's h chain stepped in the last E-S recursion (exact)
     losses: bool = True                # printed losses and ELBO every iteration (False: NaN, ~1/6 faster)
 
     @classmethod
@@ -228,7 +228,7 @@ class MOTState(NamedTuple):
 class SCASSState(NamedTuple):
     """Time-major with sources on axis 1: s_power (T, S, [B,] F), the next encoder input (sampled power);
     eta, v_phi (T, S, [B,] F); mu complex; h_enc (T, S, [B,] H), the encoder's h chain on s_power
-    (``SCASSOptions.reuse_gates``; else None). (The per-source update is vmapped over
+    (``SCASSOptions.reuse_h_chain``; else None). (The per-source update is vmapped over
     axis 1, so its scans read and write these arrays in place, with no transposes.)"""
 
     s_power: jax.Array
@@ -705,8 +705,13 @@ def _scass_cost(mix, v_x, mu, v_phi):
     # log v and 1/v once per bin (materialised: fused into the per-source producer, XLA would recompute
     # them for every source)
     log_v, inv_v = jax.lax.optimization_barrier((jnp.log(v_x), 1.0 / v_x))
-    return jax.lax.optimization_barrier(
-        _bins(log_v) + (jnp.real(d) ** 2 + jnp.imag(d) ** 2 + v_phi) * _bins(inv_v))
+    return _cost_from_distance(log_v, inv_v, jnp.real(d) ** 2 + jnp.imag(d) ** 2, v_phi)
+
+
+def _cost_from_distance(log_v, inv_v, distance, v_phi):
+    """The cost of :func:`_scass_cost` from the per-bin ``log_v``, ``inv_v`` and :math:`|x - \\mu|^2`
+    (materialised: every E-W, loss and ELBO term reads it)."""
+    return jax.lax.optimization_barrier(_bins(log_v) + (distance + v_phi) * _bins(inv_v))
 
 
 class _Bins(NamedTuple):
@@ -738,8 +743,7 @@ def _scass_posterior(eta, bins: _Bins, v_theta):
 def _scass_cost_from_gain(bins: _Bins, w, v_phi):
     """:func:`_scass_cost` for :math:`\\mu = w x`: :math:`|x - \\mu|^2 = (1 - w)^2 |x|^2`, so no complex
     per-source array is read (same values up to rounding)."""
-    return jax.lax.optimization_barrier(
-        _bins(bins.log_v) + ((1.0 - w) ** 2 * _bins(bins.power) + v_phi) * _bins(bins.inv_v))
+    return _cost_from_distance(bins.log_v, bins.inv_v, (1.0 - w) ** 2 * _bins(bins.power), v_phi)
 
 
 def _scass_diagnostics(eta, cost, mu_power, v_phi, v_theta, q: Gaussian, p: Gaussian, dvae_losses):
@@ -833,7 +837,7 @@ def scass_vem(config, options: SCASSOptions = SCASSOptions(), *, params_stacked:
     o = options
     _check(source_map, SOURCE_MAPS, "source_map")
     p_axis = 0 if params_stacked else None
-    reuse = o.reuse_gates and o.finetune == "off"   # fine-tuning changes the weights between the passes
+    reuse = o.reuse_h_chain and o.finetune == "off"   # fine-tuning changes the weights between the passes
 
     def vx(mix):
         return o.v_ratio * (jnp.real(mix) ** 2 + jnp.imag(mix) ** 2) + o.vx_floor

@@ -57,7 +57,8 @@ from vdvae_jax.models.base import drawn_steps, network_input, noise_pair
 from vdvae_jax.models.srnn import srnn_encode_from_h
 from vdvae_jax.models.srnn_mixdvae import (decoder_from_h, encoder_for, h_input_gates, h_teacher_forced,
                                            prior_from_h)
-from vdvae_jax.nn.layers import concat_matmul, lstm_step, mlp_parts, pad_columns, unrolled_matmul, zero_carry
+from vdvae_jax.nn.layers import (concat_matmul, frame_inputs, lstm_step, mlp_parts, pad_columns, unrolled_matmul,
+                                 zero_carry)
 
 __all__ = [
     "MOTSourceUpdate",
@@ -339,8 +340,8 @@ def scass_source_update(params, config, s_power, eta, v_theta_x, mix, noise, *,
         gates_t = h_input_gates(params, c, x_in)
         state, h_t = lstm_step(p_h, state, gates_t)
         if next_h_enc:   # two (B, H) products ran faster than one (2B, H) product of the stacked chains
-            # (materialised, as nn.layers.frame_inputs does: fused into the LSTM cell, the select slows it)
-            gates_enc = jax.lax.optimization_barrier(jnp.where(first_t, zero_gates, gates_t))
+            # (materialised: fused into the LSTM cell, the select slows it as a scanned frame would)
+            gates_enc = frame_inputs(jnp.where(first_t, zero_gates, gates_t))
             state_enc, h_enc_t = lstm_step(p_h, state_enc, gates_enc)
         v_theta = jnp.exp(decoder_from_h(padded, c, z_t, h_t).logvar[..., :width])
         _, _, _, re, im = posterior(v_theta, *elementwise)

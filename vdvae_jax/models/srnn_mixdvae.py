@@ -32,7 +32,7 @@ Checkpoint keys are renamed by :func:`mixdvae_state_dict_to_params` (``linear_0`
 ``gen_mean``/``gen_logvar``/``gen_logvar``), so the parameter tree matches :mod:`~vdvae_jax.models.srnn`.
 
 Pure helpers shared with the VEM-time source update (:mod:`vdvae_jax.inference.mixdvae_source`):
-:func:`h_input_gates`, :func:`teacher_forced_gates`, :func:`h_teacher_forced`, :func:`decoder_from_h`,
+:func:`h_input_gates`, :func:`h_teacher_forced`, :func:`decoder_from_h`,
 :func:`prior_from_h`, :func:`encoder_for`.
 """
 
@@ -64,7 +64,6 @@ __all__ = [
     "config_from_ini",
     "h_input_gates",
     "h_teacher_forced",
-    "teacher_forced_gates",
     "decoder_from_h",
     "prior_from_h",
     "encoder_for",
@@ -125,19 +124,10 @@ def h_input_gates(params, config, x_prev: jax.Array) -> jax.Array:
     return lstm_project(params["rnn_h"]["forward"], b)
 
 
-def h_teacher_forced(params, config, x: jax.Array, gates: jax.Array | None = None) -> jax.Array:
-    """:math:`h_t = \\mathrm{LSTM}(\\phi(x_{t-1}))` with :math:`x_{-1} = 0`; x is (T, [B,] x_dim).
-
-    ``gates``: the chain's input gates when the caller already has them (:func:`teacher_forced_gates`
-    of x, same weights); x is then not read."""
-    if gates is None:
-        gates = teacher_forced_gates(params, config, x)
-    return lstm_scan_gates(params["rnn_h"]["forward"], gates)
-
-
-def teacher_forced_gates(params, config, x: jax.Array) -> jax.Array:
-    """:func:`h_input_gates` of the teacher-forced chain on x: the frames :math:`[0, x_0, \\dots, x_{T-2}]`."""
-    return h_input_gates(params, config, jnp.concatenate([jnp.zeros_like(x[:1]), x[:-1]], axis=0))
+def h_teacher_forced(params, config, x: jax.Array) -> jax.Array:
+    """:math:`h_t = \\mathrm{LSTM}(\\phi(x_{t-1}))` with :math:`x_{-1} = 0`; x is (T, [B,] x_dim)."""
+    x_prev = jnp.concatenate([jnp.zeros_like(x[:1]), x[:-1]], axis=0)
+    return lstm_scan_gates(params["rnn_h"]["forward"], h_input_gates(params, config, x_prev))
 
 
 def decoder_from_h(params, config, z: jax.Array, h: jax.Array) -> Gaussian:

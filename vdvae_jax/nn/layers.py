@@ -426,8 +426,8 @@ def lstm_scan_gates(params, gates: jax.Array, *, reverse: bool = False, carry=No
     """:func:`lstm_scan` from its input gates ``gates = lstm_project(params, xs)`` (T, ..., 4H): the
     recurrence alone, with the same backward pass (gradients reach ``gates`` and ``kernel_hh``).
 
-    For callers that already hold the projection of their inputs, e.g. the MixDVAE SC-ASS VEM, whose
-    decoder recursion projects the very frames the next E-Z step reads."""
+    For callers that compute the projection themselves, e.g. the MixDVAE SRNNs' h chain, whose input
+    gates (``models.srnn_mixdvae.h_input_gates``) the SC-ASS decoder recursion also steps on."""
     carry, mask = _default_carry_and_mask(params, gates, carry, mask)
     return _lstm_recurrence(params["kernel_hh"], gates, carry, mask, reverse)
 
